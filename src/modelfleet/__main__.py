@@ -1,0 +1,5 @@
+"""``python -m modelfleet`` runs the command line."""
+
+from modelfleet.cli import main
+
+main()

@@ -1,0 +1,595 @@
+"""The install engine: drives the update table (``_update``) with real I/O, one journaled step at a time.
+
+Steps, each idempotent so that a restart can run it again:
+
+- ``downloading``: anti-rollback on the assigned release; the bundle header is fetched
+  with a ``Range`` request and checked (signatures, identity, release, compatibility
+  with the device and the application) before any payload byte; then the download.
+- ``verifying``: ``read_bundle`` against the pinned keys, published as a read-only version.
+- ``staged``: compatibility checked again before activation.
+- ``switching``: ``previous`` then ``current`` moved atomically.
+- ``trial``: the health check, then (if configured) the first live inferences.
+- ``rolling_back``: ``current`` and ``previous`` put back as they were.
+
+The journal is written before each step; every outcome becomes a telemetry
+:class:`~modelfleet.telemetry.Event` whose id is derived from the journal, handed to a
+sink and re-sent after a restart. The running model is untouched by every failure
+before the switch and restored by every failure after it.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import logging
+import os
+import signal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from types import MappingProxyType, TracebackType
+from typing import Self
+
+from pydantic import ValidationError
+
+from modelfleet.agent._download import Downloader, DownloadPolicy
+from modelfleet.agent._health import HealthPolicy, LiveVerdict, LiveWatch, check_health
+from modelfleet.agent._journal import Journal, JournalFile, Origin, Target
+from modelfleet.agent._slots import CURRENT, PREVIOUS, Checkpoint, SlotStore
+from modelfleet.agent._update import TERMINAL, CrashPoint, UpdateEvent, UpdateState, next_state
+from modelfleet.bundle import (
+    AppContract,
+    DeviceProfile,
+    Manifest,
+    TrustedKeys,
+    read_header,
+    require_compatible,
+    verify_signatures,
+)
+from modelfleet.clock import Clock, SystemClock
+from modelfleet.config import BundleLimits, Settings
+from modelfleet.errors import (
+    BadDataError,
+    BundleError,
+    BundleFormatError,
+    ConfigError,
+    IncompatibleError,
+    ManifestError,
+    ModelfleetError,
+    TransportError,
+)
+from modelfleet.protocol import DesiredModel
+from modelfleet.telemetry import Event, EventKind
+
+__all__ = ["EventSink", "InstallConfig", "Installer", "crash_checkpoint"]
+
+logger = logging.getLogger(__name__)
+
+EventSink = Callable[[Event], None]
+"""Takes install events (the telemetry outbox); ids make a repeated event harmless."""
+
+JOURNAL_FILE = "journal.json"
+_TAR_BLOCK = 512  # a bundle header is two tar members: their header blocks and padding
+
+_E, _S = UpdateEvent, UpdateState
+_EVENT_KINDS: Mapping[UpdateEvent, tuple[EventKind, ...]] = MappingProxyType(
+    {
+        _E.DOWNLOAD_FAILED: ("download_failed",),
+        _E.INCOMPATIBLE: ("incompatible",),
+        _E.REFUSED: ("verify_failed",),
+        _E.VERIFY_FAILED: ("verify_failed",),
+        _E.SWITCHED: ("installed",),
+        _E.HEALTH_PASSED: ("health_passed", "committed"),
+        _E.HEALTH_FAILED: ("health_failed",),
+        _E.RESTORED: ("rolled_back",),
+        _E.RESTORE_FAILED: ("rolled_back",),
+        _E.LOOP: ("crash_loop",),
+    }
+)
+"""The telemetry each outcome produces; the rest are progress, visible in check-ins."""
+
+
+def _no_checkpoint(point: CrashPoint) -> None:
+    """Checkpoint for normal operation."""
+
+
+def crash_checkpoint(settings: Settings) -> Checkpoint:
+    """The test-only crash hook: SIGKILL this process at ``settings.crash_at`` (``MODELFLEET_CRASH_AT``).
+
+    Raises:
+        ConfigError: ``crash_at`` names no :class:`CrashPoint`.
+    """
+    wanted = settings.crash_at
+    if wanted is None:
+        return _no_checkpoint
+    if wanted not in {point.value for point in CrashPoint}:
+        msg = f"MODELFLEET_CRASH_AT={wanted!r} names no crash point; known: {', '.join(CrashPoint)}"
+        raise ConfigError(msg, code="bad_setting")
+
+    def checkpoint(point: CrashPoint) -> None:
+        if point == wanted:
+            logger.warning("crash hook: SIGKILL at %s", point.value)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return checkpoint
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstallConfig:
+    """What the installer knows about the device, its trust anchors and its bounds.
+
+    Attributes:
+        trusted: the pinned signing keys and threshold.
+        device: what the device is (checked against every bundle before download and activation).
+        app: what the application feeds the model; ``None`` skips the tensor checks.
+        keep_versions: versions retained per model (``current`` and ``previous`` always are).
+        max_state_visits: entries into one state, restarts included, before it counts as a loop.
+        download: bounds of downloads.
+        health: how the health check runs and how many live inferences it watches.
+        limits: bounds for reading bundles.
+    """
+
+    trusted: TrustedKeys
+    device: DeviceProfile
+    app: AppContract | None = None
+    keep_versions: int = 3
+    max_state_visits: int = 3
+    download: DownloadPolicy = field(default_factory=DownloadPolicy)
+    health: HealthPolicy = field(default_factory=HealthPolicy)
+    limits: BundleLimits = field(default_factory=BundleLimits)
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """What one step ended with: the table event, and for failures a reason and code."""
+
+    event: UpdateEvent
+    reason: str | None = None
+    code: str | None = None
+    detail: Mapping[str, str | int | float | bool | None] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, event: UpdateEvent, error: ModelfleetError | OSError) -> _Outcome:
+        """A failure outcome from an error."""
+        if isinstance(error, ModelfleetError):
+            return cls(event, error.message, error.code)
+        code = "no_space" if error.errno == errno.ENOSPC else "os_error"
+        return cls(event, f"{error.strerror or error} ({error.filename or 'disk'})", code)
+
+
+class Installer:
+    """Installs, commits and rolls back model versions on this device.
+
+    Args:
+        root: the agent's data directory (``models/`` lives in it).
+        config: device, keys and bounds.
+        sink: receives every install event.
+        clock: event timestamps (never earlier than the last one journaled).
+        settings: process settings; only ``crash_at`` is read.
+        downloader: fetches bundles; one is made from ``config.download`` when ``None``.
+        checkpoint: called at every :class:`CrashPoint` (a simulator's power cut); by default
+            the crash hook of ``settings``.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        config: InstallConfig,
+        *,
+        sink: EventSink | None = None,
+        clock: Clock | None = None,
+        settings: Settings | None = None,
+        downloader: Downloader | None = None,
+        checkpoint: Checkpoint | None = None,
+    ) -> None:
+        self.config = config
+        self._checkpoint = checkpoint or crash_checkpoint(settings or Settings())
+        self.slots = SlotStore(root, keep=config.keep_versions, limits=config.limits, checkpoint=self._checkpoint)
+        self._sink = sink
+        self._clock = clock or SystemClock()
+        self._own_downloader = downloader is None
+        self._downloader = downloader or Downloader(config.download)
+        self._live: dict[str, LiveWatch] = {}
+        self._steps: Mapping[UpdateState, Callable[[Journal], _Outcome | None]] = {
+            _S.DOWNLOADING: self._download,
+            _S.VERIFYING: self._verify,
+            _S.STAGED: self._activate,
+            _S.SWITCHING: self._switch,
+            _S.TRIAL: self._trial,
+            _S.ROLLING_BACK: self._rollback,
+        }
+
+    def close(self) -> None:
+        """Close the downloader if this installer made it."""
+        if self._own_downloader:
+            self._downloader.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ public
+
+    def journal(self, model: str) -> Journal:
+        """The journaled lifecycle of ``model`` (idle when nothing was ever installed)."""
+        return self._journal_file(model).load() or Journal(model=model)
+
+    def assign(self, desired: DesiredModel, *, nonce: str | None = None) -> Journal:
+        """Install what the server wants, unless it runs already or failed under this same assignment.
+
+        ``nonce`` (else the rollout or experiment id) names the assignment: a version
+        that failed is retried only under a different one. An install in progress is
+        finished first.
+
+        Raises:
+            BadDataError: ``bad_assignment``: the desired model is malformed.
+            OSError: the journal cannot be written (a full disk); the running model is untouched.
+        """
+        target = _target(desired, nonce)
+        with self.slots.lock(target.model):
+            journal = self.journal(target.model)
+            if journal.state not in TERMINAL:
+                journal = self._drive(journal)
+            if journal.state not in TERMINAL or self.slots.link(target.model, CURRENT) == target.slot:
+                return journal  # a trial still waits for live inferences, or the target runs already
+            if journal.has_failed(target):
+                logger.info("not retrying %s %s under assignment %s", target.model, target.version, target.assignment)
+                return journal
+            return self._drive(self._start(journal, target))
+
+    def resume(self) -> dict[str, Journal]:
+        """After a start or a crash: clean leftovers, re-send events, and finish every install in progress."""
+        results = {}
+        for model in self.slots.models():
+            with self.slots.lock(model):
+                results[model] = self._resume(model)
+        return results
+
+    def run(self, model: str) -> Journal:
+        """Continue ``model``'s install without counting a restart (after live inferences were observed)."""
+        with self.slots.lock(model):
+            return self._drive(self.journal(model))
+
+    def observe_live(self, model: str, error: bool) -> None:
+        """Count one live inference of ``model`` while its new version is on trial."""
+        watch = self._live.get(model)
+        if watch is not None:
+            watch.observe_live(error)
+
+    # ------------------------------------------------------------ driving
+
+    def _resume(self, model: str) -> Journal:
+        journal = self.journal(model)
+        target = journal.target
+        resumable = target is not None and journal.state in {_S.DOWNLOADING, _S.VERIFYING}
+        keep = [target.sha256] if target is not None and resumable else []
+        self.slots.recover(model, keep_downloads=keep)
+        for event in journal.events:
+            self._emit(event)
+        if journal.state in TERMINAL:
+            self._finish(journal)
+            return journal
+        journal = journal.entering(journal.state)  # a restart inside a state counts as a visit
+        self._save(journal)
+        return self._drive(journal)
+
+    def _start(self, journal: Journal, target: Target) -> Journal:
+        origin = Origin(
+            current=self.slots.link(target.model, CURRENT), previous=self.slots.link(target.model, PREVIOUS)
+        )
+        journal = self._advance(journal.started(target, origin), _Outcome(_E.ASSIGNED))
+        self._checkpoint(CrashPoint.AFTER_ASSIGN)
+        return journal
+
+    def _drive(self, journal: Journal) -> Journal:
+        """Run steps until a terminal state, or until the trial waits for live inferences."""
+        while journal.state not in TERMINAL:
+            if journal.visited(journal.state) > self.config.max_state_visits:
+                outcome: _Outcome | None = self._loop(journal)
+            else:
+                outcome = self._steps[journal.state](journal)
+            if outcome is None:
+                return journal
+            journal = self._advance(journal, outcome)
+        self._finish(journal)
+        return journal
+
+    def _loop(self, journal: Journal) -> _Outcome:
+        count = journal.visited(journal.state)
+        reason = f"state {journal.state.value} entered {count} times across restarts; stopping the loop"
+        return _Outcome(_E.LOOP, reason, "loop", {"visits": count})
+
+    def _advance(self, journal: Journal, outcome: _Outcome) -> Journal:
+        """Apply the table, journal the new state (with its events) durably, then hand the events on."""
+        state = next_state(journal.state, outcome.event)
+        updated = journal.entering(state)
+        if outcome.reason is not None:
+            updated = updated.model_copy(update={"reason": outcome.reason[:2048], "code": outcome.code})
+        if state in {_S.FAILED, _S.ROLLED_BACK}:
+            updated = updated.with_failure(updated.reason or state.value)
+        updated, events = self._with_events(updated, journal.state, outcome)
+        self._save(updated)
+        logger.info("%s: %s -> %s (%s)", journal.model, journal.state.value, state.value, outcome.event.value)
+        for event in events:
+            self._emit(event)
+        if state == _S.COMMITTED:
+            self._checkpoint(CrashPoint.AFTER_COMMIT)
+        return updated
+
+    def _finish(self, journal: Journal) -> None:
+        """After a terminal state: drop the download, then collect old versions."""
+        target = journal.target
+        if target is None:
+            return
+        downloads = self.slots.downloads_dir(target.model)
+        for suffix in (".mfb", ".partial"):
+            (downloads / f"{target.sha256}{suffix}").unlink(missing_ok=True)
+        self.slots.gc(target.model)
+
+    # ------------------------------------------------------------ steps
+
+    def _download(self, journal: Journal) -> _Outcome:
+        target = _require_target(journal)
+        try:
+            self._check_release(journal, target.release)
+        except BadDataError as exc:
+            return _Outcome.of(_E.REFUSED, exc)
+        if self.slots.exists(target.model, target.slot):
+            return _Outcome(_E.DOWNLOADED)  # kept from an earlier install; verified again next
+        refusal = self._precheck(journal, target)
+        if refusal is not None:
+            return refusal
+        try:
+            self._fetch(target)
+        except (TransportError, BadDataError) as exc:
+            return _Outcome.of(_E.DOWNLOAD_FAILED, exc)
+        self._checkpoint(CrashPoint.AFTER_DOWNLOAD)
+        return _Outcome(_E.DOWNLOADED)
+
+    def _fetch(self, target: Target) -> None:
+        directory = self.slots.downloads_dir(target.model)
+        self._downloader.fetch(
+            target.url, directory, sha256=target.sha256, size=target.size, progress=self._download_progress(target)
+        )
+
+    def _download_progress(self, target: Target) -> Callable[[int], None]:
+        def progress(done: int) -> None:
+            if done * 2 >= target.size:
+                self._checkpoint(CrashPoint.MID_DOWNLOAD)
+
+        return progress
+
+    def _precheck(self, journal: Journal, target: Target) -> _Outcome | None:
+        """Refuse from the signed header alone, before the payload is downloaded."""
+        try:
+            manifest = self._header(target)
+        except TransportError as exc:
+            return _Outcome.of(_E.DOWNLOAD_FAILED, exc)
+        except BundleError as exc:
+            return _Outcome.of(_E.VERIFY_FAILED, exc)
+        return self._judge(journal, target, manifest) or self._compatibility(manifest)
+
+    def _judge(self, journal: Journal, target: Target, manifest: Manifest) -> _Outcome | None:
+        """Identity and release of a signed manifest; ``None`` when it may go on."""
+        try:
+            _check_identity(manifest, target)
+            self._check_release(journal, manifest.release)
+        except ManifestError as exc:
+            return _Outcome.of(_E.VERIFY_FAILED, exc)
+        except BadDataError as exc:
+            return _Outcome.of(_E.REFUSED, exc)
+        return None
+
+    def _compatibility(self, manifest: Manifest) -> _Outcome | None:
+        """Does the bundle fit the device and the application; ``None`` when it does."""
+        try:
+            require_compatible(manifest, self.config.device, self.config.app)
+        except IncompatibleError as exc:
+            return _Outcome.of(_E.INCOMPATIBLE, exc)
+        return None
+
+    def _header(self, target: Target) -> Manifest:
+        """Fetch just enough of the bundle to read and verify its signed manifest."""
+        limits = self.config.limits
+        bound = min(target.size, limits.max_manifest_bytes + limits.max_signature_bytes + 4 * _TAR_BLOCK)
+        count = min(self.config.download.head_bytes, bound)
+        while True:
+            head = self._downloader.fetch_head(target.url, count)
+            try:
+                header = read_header(io.BytesIO(head), limits)
+                break
+            except BundleFormatError as exc:
+                if exc.code != "truncated" or count >= bound:
+                    raise
+                count = min(count * 4, bound)
+        verify_signatures(header.manifest_bytes, header.signature_bytes, self.config.trusted, limits)
+        return header.manifest
+
+    def _verify(self, journal: Journal) -> _Outcome:
+        target = _require_target(journal)
+        slot = self.slots.slot(target.model, target.slot)
+        try:
+            if slot.path.is_dir():
+                manifest = self.slots.verify(slot, self.config.trusted)
+            else:
+                bundle = self.slots.downloads_dir(target.model) / f"{target.sha256}.mfb"
+                manifest = self.slots.publish(
+                    target.model, bundle, self.config.trusted, version=target.version, sha256=target.sha256
+                ).manifest()
+        except (BundleError, OSError) as exc:
+            return _Outcome.of(_E.VERIFY_FAILED, exc)
+        return self._judge(journal, target, manifest) or _Outcome(_E.VERIFIED)
+
+    def _activate(self, journal: Journal) -> _Outcome:
+        target = _require_target(journal)
+        (self.slots.downloads_dir(target.model) / f"{target.sha256}.mfb").unlink(missing_ok=True)
+        manifest = self.slots.slot(target.model, target.slot).manifest()
+        return self._compatibility(manifest) or _Outcome(_E.ACTIVATE)
+
+    def _switch(self, journal: Journal) -> _Outcome:
+        target = _require_target(journal)
+        try:
+            self.slots.switch(target.model, target.slot, previous=journal.origin.current)
+        except OSError as exc:
+            return _Outcome.of(_E.SWITCH_FAILED, exc)
+        self._checkpoint(CrashPoint.AFTER_SWITCH)
+        return _Outcome(_E.SWITCHED, detail={"previous": journal.origin.current})
+
+    def _trial(self, journal: Journal) -> _Outcome | None:
+        target = _require_target(journal)
+        if not any(event.kind == "health_passed" for event in journal.events):
+            return self._health(journal, target)
+        watch = self._live.setdefault(target.model, self._new_watch())
+        verdict = watch.verdict()
+        if verdict == LiveVerdict.PENDING:
+            return None
+        if verdict == LiveVerdict.FAILED:
+            return _Outcome(_E.HEALTH_FAILED, watch.reason, "live_errors")
+        return self._commit_outcome({"live_inferences": watch.inferences})
+
+    def _health(self, journal: Journal, target: Target) -> _Outcome | None:
+        slot = self.slots.slot(target.model, target.slot)
+        report = check_health(slot.path, slot.manifest(), self.config.health)
+        self._checkpoint(CrashPoint.MID_TRIAL)
+        detail = dict(report.measurements)
+        if not report.passed:
+            return _Outcome(_E.HEALTH_FAILED, "; ".join(report.reasons), "health", detail)
+        if self.config.health.live_inferences == 0:
+            return self._commit_outcome(detail)
+        self._live[target.model] = self._new_watch()
+        updated, events = self._with_events(journal, journal.state, _Outcome(_E.HEALTH_PASSED, detail=detail), 1)
+        self._save(updated)
+        for event in events:
+            self._emit(event)
+        return None
+
+    def _new_watch(self) -> LiveWatch:
+        return LiveWatch(self.config.health.live_inferences, self.config.health.max_live_errors)
+
+    def _commit_outcome(self, detail: Mapping[str, str | int | float | bool | None]) -> _Outcome:
+        self._checkpoint(CrashPoint.BEFORE_COMMIT)
+        return _Outcome(_E.HEALTH_PASSED, detail=detail)
+
+    def _rollback(self, journal: Journal) -> _Outcome:
+        target = _require_target(journal)
+        self._checkpoint(CrashPoint.BEFORE_ROLLBACK)
+        origin = journal.origin
+        previous = origin.previous if origin.previous and self.slots.exists(target.model, origin.previous) else None
+        try:
+            self.slots.restore(target.model, origin.current, previous)
+        except OSError as exc:
+            return _Outcome.of(_E.RESTORE_FAILED, exc)
+        self._live.pop(target.model, None)
+        self._checkpoint(CrashPoint.AFTER_ROLLBACK)
+        return _Outcome(_E.RESTORED, detail={"restored": origin.current})
+
+    # ------------------------------------------------------------ checks
+
+    def _check_release(self, journal: Journal, release: int) -> None:
+        """Anti-rollback: below the running release only when the server says ``rollback``.
+
+        Raises:
+            BadDataError: ``release_rollback``.
+        """
+        target = _require_target(journal)
+        running = journal.origin.current
+        if target.rollback or running is None or not self.slots.exists(target.model, running):
+            return
+        installed = self.slots.slot(target.model, running).manifest().release
+        if release < installed:
+            msg = f"release {release} is below the installed release {installed} and the assignment is no rollback"
+            raise BadDataError(msg, code="release_rollback")
+
+    # ------------------------------------------------------------ journal and events
+
+    def _journal_file(self, model: str) -> JournalFile:
+        return JournalFile(self.slots.model_dir(model) / JOURNAL_FILE)
+
+    def _save(self, journal: Journal) -> None:
+        self._journal_file(journal.model).save(journal)
+
+    def _with_events(
+        self, journal: Journal, before: UpdateState, outcome: _Outcome, limit: int | None = None
+    ) -> tuple[Journal, list[Event]]:
+        """The journal with the outcome's events added (each id once) and the events themselves."""
+        kinds = _EVENT_KINDS.get(outcome.event, ())[:limit]
+        if not kinds:
+            return journal, []
+        at = self._event_time(journal)
+        target = journal.target
+        events = [
+            Event(
+                id=journal.event_id(kind),
+                kind=kind,
+                at=at,
+                model=journal.model,
+                version=target.version if target else None,
+                reason=(outcome.reason or journal.reason or "")[:2048] or None,
+                detail=_event_detail(journal, before, outcome),
+            )
+            for kind in kinds
+        ]
+        known = {event.id for event in journal.events}
+        fresh = [event for event in events if event.id not in known]
+        return journal.model_copy(update={"events": (*journal.events, *fresh), "clock_floor": at}), fresh
+
+    def _event_time(self, journal: Journal) -> datetime:
+        """Now, but never before the last event: a clock reset to 1970 must not send events back in time."""
+        now = self._clock.now()
+        floor = journal.clock_floor
+        return floor if floor is not None and now < floor else now
+
+    def _emit(self, event: Event) -> None:
+        if self._sink is None:
+            return
+        try:
+            self._sink(event)
+        except Exception:
+            # The event stays in the journal and is re-sent on the next start; an install never fails on telemetry.
+            logger.exception("event sink refused %s event %s", event.kind, event.id)
+
+
+def _event_detail(
+    journal: Journal, before: UpdateState, outcome: _Outcome
+) -> dict[str, str | int | float | bool | None]:
+    """Where the event happened in the lifecycle, and the outcome's own measurements."""
+    target = journal.target
+    return {
+        "code": outcome.code,
+        "from_state": before.value,
+        "state": journal.state.value,
+        "attempt": journal.attempt,
+        "release": target.release if target else None,
+        "assignment": target.assignment if target else None,
+        **outcome.detail,
+    }
+
+
+def _target(desired: DesiredModel, nonce: str | None) -> Target:
+    try:
+        return Target.from_desired(desired, nonce)
+    except ValidationError as exc:
+        msg = f"desired model {desired.model!r} cannot be installed: {exc.errors()[0]['msg']}"
+        raise BadDataError(msg, code="bad_assignment") from None
+
+
+def _require_target(journal: Journal) -> Target:
+    if journal.target is None:
+        msg = f"journal of {journal.model} is in state {journal.state.value} without a target"
+        raise RuntimeError(msg)
+    return journal.target
+
+
+def _check_identity(manifest: Manifest, target: Target) -> None:
+    """The signed manifest must be what the server assigned: name, version and release."""
+    if (manifest.name, manifest.version, manifest.release) != (target.model, target.version, target.release):
+        msg = (
+            f"bundle is {manifest.name} {manifest.version} release {manifest.release}, "
+            f"but {target.model} {target.version} release {target.release} was assigned"
+        )
+        raise ManifestError(msg, code="identity")

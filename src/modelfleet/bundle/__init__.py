@@ -1,0 +1,113 @@
+"""The signed model bundle: manifest schema, signatures, container, build, compatibility.
+
+Pure verification lives here and does no network I/O; the agent and the server
+wrap it with their own I/O and policies.
+"""
+
+from __future__ import annotations
+
+from modelfleet.bundle._build import BuildOptions, BuildProgress, build_bundle
+from modelfleet.bundle._canonical import canonical_bytes, parse_canonical
+from modelfleet.bundle._compat import (
+    AppContract,
+    DeviceProfile,
+    Incompatibility,
+    IncompatibilityCode,
+    PreprocessingRef,
+    check_compatibility,
+    require_compatible,
+)
+from modelfleet.bundle._container import BundleHeader, VerifiedBundle, read_bundle, read_header, write_bundle
+from modelfleet.bundle._manifest import (
+    BUNDLE_FORMAT,
+    Behaviour,
+    Budgets,
+    Calibration,
+    Contract,
+    DType,
+    Evidence,
+    FeatureHistogram,
+    FileEntry,
+    Golden,
+    HardwareTargets,
+    Head,
+    Histogram,
+    Manifest,
+    ModelInfo,
+    Parity,
+    Preprocessing,
+    Provenance,
+    Quantization,
+    QuantizedTensor,
+    References,
+    RuntimeRequirement,
+    TensorSpec,
+    parse_manifest,
+)
+from modelfleet.bundle._signing import (
+    SIGNATURE_FORMAT,
+    SIGNING_CONTEXT,
+    PublicKey,
+    Signature,
+    SignatureEnvelope,
+    SigningKey,
+    TrustedKeys,
+    parse_envelope,
+    verify_signatures,
+)
+from modelfleet.bundle._validation import ValidationSet, load_validation_set
+
+__all__ = [
+    "BUNDLE_FORMAT",
+    "SIGNATURE_FORMAT",
+    "SIGNING_CONTEXT",
+    "AppContract",
+    "Behaviour",
+    "Budgets",
+    "BuildOptions",
+    "BuildProgress",
+    "BundleHeader",
+    "Calibration",
+    "Contract",
+    "DType",
+    "DeviceProfile",
+    "Evidence",
+    "FeatureHistogram",
+    "FileEntry",
+    "Golden",
+    "HardwareTargets",
+    "Head",
+    "Histogram",
+    "Incompatibility",
+    "IncompatibilityCode",
+    "Manifest",
+    "ModelInfo",
+    "Parity",
+    "Preprocessing",
+    "PreprocessingRef",
+    "Provenance",
+    "PublicKey",
+    "Quantization",
+    "QuantizedTensor",
+    "References",
+    "RuntimeRequirement",
+    "Signature",
+    "SignatureEnvelope",
+    "SigningKey",
+    "TensorSpec",
+    "TrustedKeys",
+    "ValidationSet",
+    "VerifiedBundle",
+    "build_bundle",
+    "canonical_bytes",
+    "check_compatibility",
+    "load_validation_set",
+    "parse_canonical",
+    "parse_envelope",
+    "parse_manifest",
+    "read_bundle",
+    "read_header",
+    "require_compatible",
+    "verify_signatures",
+    "write_bundle",
+]

@@ -1,0 +1,155 @@
+"""``modelfleet agent``: run the device agent, and show what it runs.
+
+The first ``agent run`` saves the server, the trusted bundle keys (``--trust``,
+``--threshold``), the tags and the enrollment token into ``DATA/agent.json``;
+later runs read them from there. Trust anchors never change silently: a
+different ``--trust`` set for an existing data directory is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+import typer
+
+from modelfleet.agent import Agent, AgentConfig, DeviceIdentity, agent_status
+from modelfleet.bundle import PublicKey
+from modelfleet.cli._console import EXIT_REFUSED, err, out
+from modelfleet.errors import ConfigError
+
+__all__ = ["agent_app"]
+
+agent_app = typer.Typer(help="Run the device agent and show its state.", no_args_is_help=True)
+
+
+def _tags(pairs: list[str]) -> dict[str, str]:
+    tags = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            msg = f"--tag expects key=value, got {pair!r}"
+            raise ConfigError(msg, code="bad_tag")
+        tags[key] = value
+    return tags
+
+
+def _config(
+    data_dir: Path,
+    server: str | None,
+    token: str | None,
+    identity: str | None,
+    tags: list[str],
+    trust: list[Path],
+    threshold: int | None,
+) -> AgentConfig:
+    """The saved configuration, updated by the options given; created on the first run."""
+    saved = AgentConfig.load(data_dir)
+    pems = tuple(PublicKey.from_file(path).to_pem().decode() for path in trust)
+    if saved is None:
+        if server is None or not pems:
+            msg = "the first run needs --server and at least one --trust key"
+            raise ConfigError(msg, code="agent_not_configured")
+        if token is None and identity is None:
+            msg = "the first run needs --enroll-token or --identity (a device id an admin approves)"
+            raise ConfigError(msg, code="agent_not_configured")
+        device_id = DeviceIdentity.load_or_create(data_dir, identity).device_id
+        config = AgentConfig(
+            server=server,
+            device_id=device_id,
+            trusted_keys=pems,
+            threshold=threshold or 1,
+            tags=_tags(tags),
+            enroll_token=token,
+        )
+        config.trusted()  # refuse a threshold above the keys before saving
+        config.save(data_dir)
+        return config
+    if pems and (sorted(pems) != sorted(saved.trusted_keys) or (threshold or saved.threshold) != saved.threshold):
+        msg = f"{data_dir} already trusts other keys; refusing to change the trust anchors of a configured agent"
+        raise ConfigError(msg, code="trust_changed")
+    if identity is not None and identity != saved.device_id:
+        msg = f"{data_dir} belongs to device {saved.device_id!r}, not {identity!r}"
+        raise ConfigError(msg, code="identity_mismatch")
+    changes: dict[str, object] = {}
+    if server is not None:
+        changes["server"] = server
+    if token is not None:
+        changes["enroll_token"] = token
+    if tags:
+        changes["tags"] = _tags(tags)
+    if changes:
+        saved = AgentConfig.model_validate({**saved.model_dump(), **changes})
+        saved.save(data_dir)
+    return saved
+
+
+@agent_app.command("run")
+def run(
+    data_dir: Path = typer.Option(..., "--data-dir", help="The agent's data directory."),
+    server: str | None = typer.Option(None, "--server", help="The fleet server URL (saved on the first run)."),
+    enroll_token: str | None = typer.Option(None, "--enroll-token", help="Enrollment token (mfe_...)."),
+    identity: str | None = typer.Option(None, "--identity", help="Device id to enroll as (else generated)."),
+    tag: list[str] = typer.Option([], "--tag", help="key=value tag in the inventory; repeatable."),
+    trust: list[Path] = typer.Option([], "--trust", help="Public key bundles must be signed by; repeatable."),
+    threshold: int | None = typer.Option(None, "--threshold", min=1, help="Distinct trusted signatures needed."),
+    once: bool = typer.Option(False, "--once", help="Run one step and exit (0 when it succeeded)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every step."),
+) -> None:
+    """Enroll, check in, install what the server assigns and forward telemetry, until stopped."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    data_dir = data_dir.absolute()
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    config = _config(data_dir, server, enroll_token, identity, tag, trust, threshold)
+    with Agent(data_dir, config) as agent:
+        if once:
+            result = agent.step()
+            line = f"device {agent.identity.device_id}: {result.status}"
+            if result.error:
+                err.print(f"{line}; [bold red]error:[/] {result.error}")
+            else:
+                out.print(f"{line}; next check-in in {result.delay_s:.0f} s")
+            raise typer.Exit(0 if result.ok else EXIT_REFUSED)
+        stop = threading.Event()
+
+        def _stop(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001 - signal handler signature
+            stop.set()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        out.print(f"agent for device {agent.identity.device_id} -> {config.server}")
+        last = agent.run_forever(stop)
+    if last is not None and last.stopped:
+        err.print(f"[bold red]stopped:[/] {last.error}")
+        raise typer.Exit(EXIT_REFUSED)
+
+
+@agent_app.command("status")
+def status(
+    data_dir: Path = typer.Option(..., "--data-dir", help="The agent's data directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Show the device id, enrollment, installed versions and the outbox (no network)."""
+    if not (data_dir / "agent.json").exists():
+        msg = f"{data_dir} holds no agent (run `modelfleet agent run` first)"
+        raise ConfigError(msg, code="agent_not_configured")
+    report = agent_status(data_dir.absolute())
+    if as_json:
+        typer.echo(json.dumps(report, indent=1, sort_keys=True))
+        return
+    out.print(f"device   {report['device_id']} ({report['status']}, enrolled: {report['enrolled']})")
+    out.print(f"server   {report['server']}")
+    out.print(f"checkin  {report['last_checkin'] or '-'}")
+    if report["last_error"]:
+        out.print(f"error    {report['last_error']}")
+    for model, entry in report["models"].items():
+        out.print(
+            f"model    {model}: current {entry['current'] or '-'}, previous {entry['previous'] or '-'}, "
+            f"state {entry['state']}" + (f", last error: {entry['last_error']}" if entry["last_error"] else "")
+        )
+    box = report["outbox"]
+    out.print(f"outbox   {box['pending_events']} events and {box['pending_summaries']} summaries pending")

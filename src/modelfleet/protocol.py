@@ -1,0 +1,180 @@
+"""Wire schemas of the device API (ADR 0003), shared by the agent and the server.
+
+Every request model forbids unknown fields and bounds every collection, so a
+malformed or oversized body is a 422 naming the field, never a 500.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+
+from modelfleet.bundle import DeviceProfile, canonical_bytes
+from modelfleet.telemetry import Event, Summary
+
+__all__ = [
+    "ENROLL_CONTEXT",
+    "MAX_BATCH",
+    "Artifact",
+    "CheckinRequest",
+    "CheckinResponse",
+    "DesiredModel",
+    "EnrollRequest",
+    "EnrollResponse",
+    "EventBatch",
+    "IngestResult",
+    "InstalledModel",
+    "TelemetryBatch",
+    "ed25519_public_key",
+    "enrollment_message",
+]
+
+ENROLL_CONTEXT = b"modelfleet/enroll/v1\x00"
+MAX_BATCH = 500
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{2,127}$"
+_NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
+_SHA256 = r"^[0-9a-f]{64}$"
+
+InstallState = Literal[
+    "idle",
+    "downloading",
+    "verifying",
+    "staged",
+    "switching",
+    "trial",
+    "committed",
+    "rolling_back",
+    "rolled_back",
+    "failed",
+]
+Mode = Literal["active", "shadow", "time_slice"]
+
+
+def ed25519_public_key(value: str) -> str:
+    """Validate a base64 raw Ed25519 public key (32 bytes); return it unchanged."""
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except binascii.Error:
+        msg = "public_key must be base64"
+        raise ValueError(msg) from None
+    if len(raw) != 32:  # noqa: PLR2004 - Ed25519 public keys are 32 bytes
+        msg = f"public_key must hold 32 bytes (Ed25519), got {len(raw)}"
+        raise ValueError(msg)
+    return value
+
+
+def _at_most(limit: int) -> BeforeValidator:
+    """Refuse an oversized array before pydantic validates each item (bounded work per request)."""
+
+    def check(value: object) -> object:
+        if isinstance(value, list | tuple) and len(value) > limit:
+            msg = f"at most {limit} items per batch, got {len(value)}"
+            raise ValueError(msg)
+        return value
+
+    return BeforeValidator(check)
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EnrollRequest(_Wire):
+    """A device asks to join: its id, its own public key, proof it holds the private key."""
+
+    device_id: str = Field(pattern=DEVICE_ID_PATTERN)
+    public_key: Annotated[str, Field(max_length=64), AfterValidator(ed25519_public_key)]
+    issued_at: datetime
+    enroll_token: str | None = Field(default=None, max_length=256)
+    inventory: DeviceProfile
+    proof: str = Field(max_length=128)
+
+
+def enrollment_message(request: EnrollRequest) -> bytes:
+    """The bytes a device signs to prove it holds the key it enrolls with."""
+    body = {
+        "device_id": request.device_id,
+        "public_key": request.public_key,
+        "issued_at": request.issued_at.isoformat(),
+        "enroll_token": request.enroll_token,
+    }
+    return ENROLL_CONTEXT + canonical_bytes(body)
+
+
+class EnrollResponse(_Wire):
+    """Accepted (with a credential, shown once) or pending an admin's approval."""
+
+    status: Literal["accepted", "pending"]
+    device_id: str
+    credential: str | None = None
+    poll_seconds: int
+
+
+class InstalledModel(_Wire):
+    """What a device runs (or is installing) for one model."""
+
+    model: str = Field(pattern=_NAME)
+    version: str | None = Field(default=None, max_length=128)
+    release: int | None = Field(default=None, ge=0)
+    state: InstallState = "idle"
+    previous_version: str | None = Field(default=None, max_length=128)
+
+
+class CheckinRequest(_Wire):
+    """A device's periodic report of what it is and runs."""
+
+    inventory: DeviceProfile
+    installed: tuple[InstalledModel, ...] = Field(default=(), max_length=64)
+
+
+class Artifact(_Wire):
+    """Where to download a bundle and what it must hash to."""
+
+    url: str
+    sha256: str = Field(pattern=_SHA256)
+    size: int = Field(ge=0)
+
+
+class DesiredModel(_Wire):
+    """What the server wants a device to run for one model."""
+
+    model: str
+    version: str
+    release: int
+    mode: Mode = "active"
+    rollback: bool = False
+    rollout_id: str | None = None
+    experiment_id: str | None = None
+    artifact: Artifact
+    delta: Artifact | None = None
+
+
+class CheckinResponse(_Wire):
+    """The desired state; its ETag lets an unchanged answer be a 304."""
+
+    device_id: str
+    desired: tuple[DesiredModel, ...]
+    poll_seconds: int
+
+
+class TelemetryBatch(_Wire):
+    """Summaries a device sends; each id is stored once."""
+
+    summaries: Annotated[tuple[Summary, ...], _at_most(MAX_BATCH)]
+
+
+class EventBatch(_Wire):
+    """Events a device sends; each id is stored once."""
+
+    events: Annotated[tuple[Event, ...], _at_most(MAX_BATCH)]
+
+
+class IngestResult(_Wire):
+    """How many items were new and how many had arrived before."""
+
+    accepted: int
+    duplicates: int

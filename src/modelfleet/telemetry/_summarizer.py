@@ -1,0 +1,531 @@
+"""The streaming summarizer: every inference counted into fixed bins, one summary per window.
+
+A :class:`Summarizer` belongs to one (model, version, role) on one device. It
+keeps counts only (never an input), on the bins the bundle signed: its feature
+reference edges, its confidence edges and the wire format's latency edges.
+Windows are aligned to multiples of ``window_seconds`` since the Unix epoch, so
+every device's windows line up and the server can roll them up by time.
+
+Observing is on the application's critical path, so the bin edges are
+precomputed into one padded matrix: a row of ``F`` features is binned by one
+vectorized comparison instead of ``F`` ``searchsorted`` calls.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import itertools
+import math
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from modelfleet.clock import Clock
+from modelfleet.telemetry._schema import LATENCY_EDGES_MS, MAX_BINS, MAX_FEATURES, Role, ShadowStats, Summary
+
+__all__ = ["ShadowComparison", "Summarizer", "SummaryLayout"]
+
+Counts = npt.NDArray[np.int64]
+Labels = npt.NDArray[np.integer[Any]] | None
+_LATENCY_EDGES = np.asarray(LATENCY_EDGES_MS)
+_LATENCY_LAST = len(LATENCY_EDGES_MS) - 2
+_ID_HEX = 32
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryLayout:
+    """The bins one model version is counted on: its bundle's reference edges and class count.
+
+    Attributes:
+        feature_edges: per reference feature, in feature order, its strictly increasing histogram edges.
+        confidence_edges: edges of the top-1 confidence histogram; its last bin includes the upper edge.
+        n_classes: classes the predicted-class counts cover.
+        input_features: per model input, in feature order, its name and how many features it contributes.
+    """
+
+    feature_edges: tuple[tuple[float, ...], ...]
+    confidence_edges: tuple[float, ...]
+    n_classes: int
+    input_features: tuple[tuple[str, int], ...]
+
+    def __post_init__(self) -> None:
+        _check_edges("confidence", self.confidence_edges)
+        for index, edges in enumerate(self.feature_edges):
+            _check_edges(f"feature {index}", edges)
+        if self.n_classes < 1:
+            msg = f"n_classes must be at least 1, got {self.n_classes}"
+            raise ValueError(msg)
+        declared = sum(count for _, count in self.input_features)
+        if declared != len(self.feature_edges) or len(self.feature_edges) > MAX_FEATURES:
+            msg = f"{len(self.feature_edges)} feature edge sets for inputs declaring {declared} features"
+            raise ValueError(msg)
+
+    @property
+    def input_order(self) -> tuple[str, ...]:
+        """The input names in feature order."""
+        return tuple(name for name, _ in self.input_features)
+
+
+def _check_edges(what: str, edges: Sequence[float]) -> None:
+    if not 2 <= len(edges) <= MAX_BINS + 1:  # noqa: PLR2004 - one bin needs two edges
+        msg = f"{what} histogram needs 2 to {MAX_BINS + 1} edges, got {len(edges)}"
+        raise ValueError(msg)
+    if any(math.isnan(edge) for edge in edges) or any(b <= a for a, b in itertools.pairwise(edges)):
+        msg = f"{what} histogram edges must be strictly increasing numbers"
+        raise ValueError(msg)
+
+
+@dataclass(frozen=True, slots=True)
+class ShadowComparison:
+    """The active model's answers on the rows a shadow candidate scored, to count their agreement."""
+
+    predicted: npt.NDArray[np.integer[Any]]
+    confidence: npt.NDArray[np.floating[Any]]
+
+
+class _FeatureBins:
+    """All features' edges in one ``[K, F]`` matrix, and each feature's slice of one flat count vector.
+
+    Column ``j`` holds ``-inf`` and feature ``j``'s interior edges, padded with NaN
+    (never ``<=`` anything). Counting the edges at or below a value is then
+    ``searchsorted(edges, value, side="right")`` clipped to the feature's bins, the
+    way the builder counts, for every feature in one comparison. The reduction runs
+    over the outer axis, so numpy adds whole rows instead of many short ones.
+    """
+
+    def __init__(self, edges: tuple[tuple[float, ...], ...]) -> None:
+        self._bins = [len(e) - 1 for e in edges]
+        self._edges = np.full((max(self._bins, default=1), len(edges)), np.nan)
+        self._edges[0] = -np.inf
+        for column, feature_edges in enumerate(edges):
+            self._edges[1 : len(feature_edges) - 1, column] = feature_edges[1:-1]
+        self._offsets = np.cumsum([0, *self._bins], dtype=np.intp)[:-1]
+        self._before = self._offsets - 1
+        self.count = len(edges)
+        self.size = int(sum(self._bins))
+
+    def flat(self, features: npt.NDArray[np.float64]) -> npt.NDArray[np.intp]:
+        """Flat count index of every (row, feature); NaN counts in the feature's first bin."""
+        at_or_below: npt.NDArray[np.intp] = np.add.reduce(self._edges <= features[:, None, :], axis=1, dtype=np.intp)
+        np.maximum(at_or_below, 1, out=at_or_below)
+        at_or_below += self._before
+        return at_or_below
+
+    def split(self, counts: Counts) -> tuple[tuple[int, ...], ...]:
+        """Per feature, its counts as plain ints."""
+        flat: list[int] = counts.tolist()
+        return tuple(tuple(flat[start : start + bins]) for start, bins in zip(self._offsets, self._bins, strict=True))
+
+
+Increment = int | Counts
+"""One row's bin index, or a whole batch's counts per bin."""
+
+
+def _bump(counts: Counts, increment: Increment) -> None:
+    """Add one row at a bin index, or a batch's per-bin counts."""
+    if isinstance(increment, int):
+        counts[increment] += 1
+    else:
+        counts += increment
+
+
+def _tally(index: npt.NDArray[np.intp], size: int) -> Counts:
+    """Per-bin counts of a batch's bin indices."""
+    return np.bincount(index.ravel(), minlength=size).astype(np.int64, copy=False)
+
+
+@dataclass(frozen=True, slots=True)
+class _Scored:
+    """What one call's answered rows add to a window, prepared outside the lock."""
+
+    confidence: Increment
+    predicted: Increment
+    confidence_sum: float
+    confidence_sum_sq: float
+    n_labelled: int
+    n_correct: int
+
+
+class _Shadow:
+    """Agreement of a shadow candidate with the active model over one window."""
+
+    __slots__ = (
+        "active_confidence_sum",
+        "active_correct",
+        "candidate_correct",
+        "n_agree",
+        "n_compared",
+        "n_labelled",
+        "only_active_correct",
+        "only_candidate_correct",
+    )
+
+    def __init__(self) -> None:
+        self.n_compared = self.n_agree = self.n_labelled = 0
+        self.active_correct = self.candidate_correct = self.only_active_correct = self.only_candidate_correct = 0
+        self.active_confidence_sum = 0.0
+
+    def add(self, candidate: npt.NDArray[np.integer[Any]], active: ShadowComparison, labels: Labels) -> None:
+        """Count agreement (and, where labelled, who was right) on the compared rows."""
+        self.n_compared += len(candidate)
+        self.n_agree += int(np.count_nonzero(candidate == active.predicted))
+        self.active_confidence_sum += float(np.sum(active.confidence))
+        if labels is None:
+            return
+        known = labels >= 0
+        active_right = (active.predicted == labels) & known
+        candidate_right = (candidate == labels) & known
+        self.n_labelled += int(np.count_nonzero(known))
+        self.active_correct += int(np.count_nonzero(active_right))
+        self.candidate_correct += int(np.count_nonzero(candidate_right))
+        self.only_active_correct += int(np.count_nonzero(active_right & ~candidate_right))
+        self.only_candidate_correct += int(np.count_nonzero(candidate_right & ~active_right))
+
+    def stats(self, active_version: str) -> ShadowStats:
+        """The wire form."""
+        return ShadowStats(active_version=active_version, **{name: getattr(self, name) for name in self.__slots__})
+
+
+class _Window:
+    """The counts of one window."""
+
+    def __init__(self, start: int, seconds: int, feature_bins: int, confidence_bins: int, n_classes: int) -> None:
+        self.start, self.end = start, start + seconds
+        self.n = self.errors = self.fallbacks = self.timeouts = self.n_labelled = self.n_correct = 0
+        self.latency: Counts = np.zeros(len(LATENCY_EDGES_MS) - 1, np.int64)
+        self.features: Counts = np.zeros(feature_bins, np.int64)
+        self.confidence: Counts = np.zeros(confidence_bins, np.int64)
+        self.predicted: Counts = np.zeros(n_classes, np.int64)
+        self.latency_sum = self.confidence_sum = self.confidence_sum_sq = 0.0
+        self.shadow: _Shadow | None = None
+
+    def add_outcome(self, rows: int, *, error: bool, fallback: bool, timeout: bool) -> None:
+        """Count the rows and how their inference ended."""
+        self.n += rows
+        self.errors += rows * error
+        self.fallbacks += rows * fallback
+        self.timeouts += rows * timeout
+
+    def add_latency(self, latency_ms: float | npt.NDArray[np.floating[Any]], rows: int) -> None:
+        """Count every row's latency (a scalar is the latency each row of the call waited)."""
+        if isinstance(latency_ms, np.ndarray):
+            index = np.searchsorted(_LATENCY_EDGES, latency_ms, side="right") - 1
+            self.latency += _tally(np.minimum(np.maximum(index, 0), _LATENCY_LAST), self.latency.size)
+            self.latency_sum += float(np.sum(latency_ms))
+            return
+        self.latency[min(max(bisect.bisect_right(LATENCY_EDGES_MS, latency_ms) - 1, 0), _LATENCY_LAST)] += rows
+        self.latency_sum += latency_ms * rows
+
+    def add_features(self, index: npt.NDArray[np.intp]) -> None:
+        """Count every (row, feature) bin index; one row's indices never repeat."""
+        if index.shape[0] == 1:
+            self.features[index] += 1
+        else:
+            self.features += _tally(index, self.features.size)
+
+    def add_scores(self, scored: _Scored) -> None:
+        """Count confidence, predicted classes and labelled outcomes."""
+        _bump(self.confidence, scored.confidence)
+        _bump(self.predicted, scored.predicted)
+        self.confidence_sum += scored.confidence_sum
+        self.confidence_sum_sq += scored.confidence_sum_sq
+        self.n_labelled += scored.n_labelled
+        self.n_correct += scored.n_correct
+
+
+@dataclass(frozen=True, slots=True)
+class _Identity:
+    """Who the summaries are about."""
+
+    model: str
+    version: str
+    role: Role
+    active_version: str | None
+
+
+class Summarizer:
+    """Counts one (model, version, role)'s inferences into windows of ``window_seconds``; thread-safe.
+
+    Summary ids are ``sha256(model, version, role, window start, window length,
+    sequence number, salt)``: deterministic for a given salt, never repeated by one
+    summarizer (the sequence number grows with every summary it emits, so a window
+    flushed early and observed again gets a new id), and unguessable across
+    summarizers because the salt is random per instance unless injected.
+
+    Args:
+        layout: the bins, from the bundle the version came in.
+        model: model name.
+        version: the version whose inferences are counted.
+        role: ``active``, ``shadow`` or ``time_slice``.
+        clock: where window times come from.
+        window_seconds: window length, 1 s to 1 day.
+        active_version: for the ``shadow`` role, the version the candidate is compared with.
+        salt: bytes mixed into summary ids; random when not given.
+
+    Raises:
+        ValueError: a bad window length, ``active_version`` missing for the ``shadow`` role or given for another.
+    """
+
+    def __init__(  # noqa: PLR0917 - the identity of a summary reads naturally in order
+        self,
+        layout: SummaryLayout,
+        model: str,
+        version: str,
+        role: Role,
+        clock: Clock,
+        window_seconds: int = 300,
+        *,
+        active_version: str | None = None,
+        salt: bytes | None = None,
+    ) -> None:
+        if not 1 <= window_seconds <= 86_400:  # noqa: PLR2004 - the wire schema's bounds
+            msg = f"window_seconds must be between 1 and 86400, got {window_seconds}"
+            raise ValueError(msg)
+        if (role == "shadow") != (active_version is not None):
+            msg = "active_version is required for the shadow role, and only for it"
+            raise ValueError(msg)
+        self.layout = layout
+        self.identity = _Identity(model, version, role, active_version)
+        self.window_seconds = window_seconds
+        self._clock = clock
+        self._salt = os.urandom(16) if salt is None else salt
+        self._features = _FeatureBins(layout.feature_edges)
+        self._confidence_edges = np.asarray(layout.confidence_edges)
+        self._confidence_last = len(layout.confidence_edges) - 2
+        self._windows: dict[int, _Window] = {}
+        self._current: _Window | None = None
+        self._sequence = 0
+        self._lock = threading.Lock()
+
+    def observe(
+        self,
+        features_per_row: npt.NDArray[np.float64],
+        confidence: npt.NDArray[np.floating[Any]] | None,
+        predicted: npt.NDArray[np.integer[Any]] | None,
+        latency_ms: float | npt.NDArray[np.floating[Any]],
+        *,
+        error: bool = False,
+        fallback: bool = False,
+        timeout: bool = False,
+        labels: npt.NDArray[np.integer[Any]] | None = None,
+        shadow: ShadowComparison | None = None,
+    ) -> None:
+        """Count one call's rows: features always, scores only when the model answered.
+
+        Args:
+            features_per_row: ``[rows, F]`` features in layout order.
+            confidence: ``[rows]`` top-1 confidence in [0, 1]; ``None`` when the inference failed.
+            predicted: ``[rows]`` top-1 class; ``None`` when the inference failed.
+            latency_ms: the call's latency (each row waited that long) or one latency per row.
+            error: the inference failed (runtime error, crash, unusable output).
+            fallback: the caller got a fallback answer instead of this version's.
+            timeout: the inference did not finish within its bound.
+            labels: ``[rows]`` ground truth where known, negative where not; counts only answered rows.
+            shadow: the active model's answers on the same rows (``shadow`` role only).
+
+        Raises:
+            ValueError: shapes or values that cannot be counted (nothing is counted then).
+        """
+        if error and timeout:
+            msg = "an inference either failed or timed out, not both (errors + timeouts must not exceed n)"
+            raise ValueError(msg)
+        rows = self._check(features_per_row, latency_ms, labels, shadow, failed=error or timeout)
+        scored = self._scored(rows, confidence, predicted, labels, failed=error or timeout)
+        if rows == 0:
+            return
+        feature_index = self._features.flat(features_per_row)
+        with self._lock:
+            window = self._window(self._clock.now().timestamp())
+            window.add_outcome(rows, error=error, fallback=fallback, timeout=timeout)
+            window.add_latency(latency_ms, rows)
+            window.add_features(feature_index)
+            if scored is not None:
+                window.add_scores(scored)
+            if shadow is not None and predicted is not None:
+                window.shadow = window.shadow or _Shadow()
+                window.shadow.add(predicted, shadow, labels)
+
+    def flush(self, now: datetime | None = None, *, final: bool = False) -> list[Summary]:
+        """Close and return the windows that ended by ``now`` (all of them if ``final``), oldest first."""
+        moment = (now or self._clock.now()).timestamp()
+        with self._lock:
+            closing = sorted(
+                (w for w in self._windows.values() if final or w.end <= moment), key=lambda window: window.start
+            )
+            for window in closing:
+                del self._windows[window.start]
+            if self._current is not None and self._current.start not in self._windows:
+                self._current = None
+            return [self._summary(window) for window in closing]
+
+    # ------------------------------------------------------------------ internals
+
+    def _window(self, timestamp: float) -> _Window:
+        """The window ``timestamp`` falls in, created on first use."""
+        current = self._current
+        if current is not None and current.start <= timestamp < current.end:
+            return current
+        start = int(timestamp // self.window_seconds) * self.window_seconds
+        window = self._windows.get(start)
+        if window is None:
+            shape = (self._features.size, len(self.layout.confidence_edges) - 1, self.layout.n_classes)
+            window = self._windows[start] = _Window(start, self.window_seconds, *shape)
+        self._current = window
+        return window
+
+    def _confidence_bin(self, confidence: float) -> int:
+        """A confidence's bin; a value on the last edge counts in the last bin, as the builder counts it."""
+        return min(max(bisect.bisect_right(self.layout.confidence_edges, confidence) - 1, 0), self._confidence_last)
+
+    def _scored(
+        self,
+        rows: int,
+        confidence: npt.NDArray[np.floating[Any]] | None,
+        predicted: npt.NDArray[np.integer[Any]] | None,
+        labels: Labels,
+        *,
+        failed: bool,
+    ) -> _Scored | None:
+        """Validate and prepare the scores of answered rows; ``None`` for a failed inference."""
+        if failed or confidence is None or predicted is None:
+            if not failed or confidence is not None or predicted is not None:
+                msg = "give confidence and predicted for answered inferences, and neither for failed ones"
+                raise ValueError(msg)
+            return None
+        if confidence.shape != (rows,) or predicted.shape != (rows,):
+            shapes = f"{list(confidence.shape)} and {list(predicted.shape)}"
+            msg = f"confidence and predicted need one value per row ({rows}), got {shapes}"
+            raise ValueError(msg)
+        if rows == 1:
+            return self._scored_row(float(confidence[0]), int(predicted[0]), None if labels is None else int(labels[0]))
+        return self._scored_rows(confidence, predicted, labels)
+
+    def _scored_row(self, confidence: float, predicted: int, label: int | None) -> _Scored:
+        """One row, in plain Python numbers: the common case on a device, kept cheap."""
+        _check_score_range(confidence, confidence, predicted, predicted, self.layout.n_classes)
+        labelled = label is not None and label >= 0
+        return _Scored(
+            self._confidence_bin(confidence),
+            predicted,
+            confidence,
+            confidence * confidence,
+            int(labelled),
+            int(labelled and label == predicted),
+        )
+
+    def _scored_rows(
+        self, confidence: npt.NDArray[np.floating[Any]], predicted: npt.NDArray[np.integer[Any]], labels: Labels
+    ) -> _Scored:
+        """A batch, vectorized."""
+        if confidence.size:
+            low, high = float(confidence.min()), float(confidence.max())
+            _check_score_range(low, high, int(predicted.min()), int(predicted.max()), self.layout.n_classes)
+        index = np.searchsorted(self._confidence_edges, confidence, side="right") - 1
+        index = np.minimum(np.maximum(index, 0), self._confidence_last)
+        known = labels >= 0 if labels is not None else np.zeros(len(predicted), dtype=bool)
+        values = confidence.astype(np.float64)
+        return _Scored(
+            _tally(index, self._confidence_last + 1),
+            _tally(predicted.astype(np.intp), self.layout.n_classes),
+            float(np.sum(values)),
+            float(np.dot(values, values)),
+            int(np.count_nonzero(known)),
+            int(np.count_nonzero((predicted == labels) & known)),
+        )
+
+    def _check(
+        self,
+        features: npt.NDArray[np.float64],
+        latency_ms: float | npt.NDArray[np.floating[Any]],
+        labels: Labels,
+        shadow: ShadowComparison | None,
+        *,
+        failed: bool,
+    ) -> int:
+        """Return the row count, or raise ``ValueError`` naming what cannot be counted."""
+        if features.ndim != 2 or features.shape[1] != self._features.count:  # noqa: PLR2004 - [rows, F]
+            msg = f"features must be [rows, {self._features.count}], got {list(features.shape)}"
+            raise ValueError(msg)
+        rows = int(features.shape[0])
+        _check_latency(rows, latency_ms)
+        for name, array in (("labels", labels), *_shadow_arrays(shadow)):
+            if array is not None and array.shape != (rows,):
+                msg = f"{name} must have one value per row ({rows}), got shape {list(array.shape)}"
+                raise ValueError(msg)
+        if shadow is not None and (self.identity.role != "shadow" or failed):
+            msg = "shadow comparisons belong to answered inferences of a shadow-role summarizer"
+            raise ValueError(msg)
+        return rows
+
+    def _summary(self, window: _Window) -> Summary:
+        """The wire form of a closed window, with its id."""
+        self._sequence += 1
+        identity = self.identity
+        shadow = (window.shadow or _Shadow()) if identity.active_version is not None else None
+        return Summary(
+            id=self._summary_id(window.start),
+            model=identity.model,
+            version=identity.version,
+            role=identity.role,
+            window_start=datetime.fromtimestamp(window.start, UTC),
+            window_seconds=self.window_seconds,
+            n=window.n,
+            errors=window.errors,
+            fallbacks=window.fallbacks,
+            timeouts=window.timeouts,
+            latency_counts=tuple(window.latency.tolist()),
+            latency_sum_ms=window.latency_sum,
+            confidence_counts=tuple(window.confidence.tolist()),
+            confidence_sum=window.confidence_sum,
+            confidence_sum_sq=window.confidence_sum_sq,
+            predicted_counts=tuple(window.predicted.tolist()),
+            feature_counts=self._features.split(window.features),
+            n_labelled=window.n_labelled,
+            n_correct=window.n_correct,
+            shadow=shadow.stats(identity.active_version) if shadow and identity.active_version else None,
+        )
+
+    def _summary_id(self, start: int) -> str:
+        """``sha256(model, version, role, start, length, sequence, salt)``, 32 hex digits."""
+        identity = self.identity
+        parts = (identity.model, identity.version, identity.role, start, self.window_seconds, self._sequence)
+        digest = hashlib.sha256("\x00".join(str(part) for part in parts).encode() + b"\x00" + self._salt)
+        return digest.hexdigest()[:_ID_HEX]
+
+
+def _shadow_arrays(shadow: ShadowComparison | None) -> tuple[tuple[str, npt.NDArray[Any] | None], ...]:
+    if shadow is None:
+        return ()
+    return (("shadow.predicted", shadow.predicted), ("shadow.confidence", shadow.confidence))
+
+
+def _check_score_range(low: float, high: float, lowest: int, highest: int, n_classes: int) -> None:
+    """Confidence within [0, 1] (so never NaN) and classes within ``[0, n_classes)``."""
+    if not (low >= 0.0 and high <= 1.0):
+        msg = f"confidence must be within [0, 1], got values in [{low}, {high}]"
+        raise ValueError(msg)
+    if lowest < 0 or highest >= n_classes:
+        msg = f"predicted classes must be within [0, {n_classes}), got values in [{lowest}, {highest}]"
+        raise ValueError(msg)
+
+
+def _check_latency(rows: int, latency_ms: float | npt.NDArray[np.floating[Any]]) -> None:
+    """Latency is finite and non-negative: a number, or one value per row."""
+    if not isinstance(latency_ms, np.ndarray):
+        if not 0.0 <= latency_ms < math.inf:
+            msg = f"latency_ms must be finite and >= 0, got {latency_ms}"
+            raise ValueError(msg)
+        return
+    if latency_ms.shape != (rows,):
+        msg = f"latency_ms must be a number or one value per row ({rows}), got shape {list(latency_ms.shape)}"
+        raise ValueError(msg)
+    if rows and not (float(latency_ms.min()) >= 0.0 and float(latency_ms.max()) < math.inf):
+        msg = "latency_ms must be finite and >= 0"
+        raise ValueError(msg)

@@ -1,0 +1,384 @@
+"""Real bundles and a real HTTP server for the agent's install tests.
+
+The digits MLP is trained once per session; bundles are built from it once per
+module with ``build_bundle`` (a healthy v1 and v2, a v3 whose latency budget no
+model can meet, a v4 for another architecture). :class:`BundleServer` is a threaded
+``http.server`` on 127.0.0.1 with ``Range`` support and knobs to stall, trickle, send
+more bytes than declared, drop the connection, corrupt ranged replies, and call back
+while sending (to fill a disk at the worst moment).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import platform
+import re
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+
+from modelfleet.agent import DownloadPolicy, HealthPolicy, InstallConfig
+from modelfleet.bundle import (
+    BuildOptions,
+    DeviceProfile,
+    HardwareTargets,
+    Manifest,
+    SigningKey,
+    TrustedKeys,
+    ValidationSet,
+    build_bundle,
+)
+from modelfleet.protocol import Artifact, DesiredModel
+from modelfleet.sim import ModelCase, digits_mlp
+
+MODEL = "digits"
+_RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
+
+
+# ------------------------------------------------------------------ bundles
+
+
+@dataclass(frozen=True)
+class BuiltBundle:
+    """A bundle on disk and what an assignment says about it."""
+
+    path: Path
+    manifest: Manifest
+    data: bytes
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+    @property
+    def slot(self) -> str:
+        return f"{self.manifest.version}-{self.sha256[:12]}"
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+
+@dataclass(frozen=True)
+class Bundles:
+    """The module's bundles and the key set that trusts them."""
+
+    trusted: TrustedKeys
+    v1: BuiltBundle
+    v2: BuiltBundle
+    slow: BuiltBundle
+    alien: BuiltBundle
+
+
+@pytest.fixture(scope="session")
+def digits_case(tmp_path_factory: pytest.TempPathFactory) -> ModelCase:
+    """The small digits MLP (8 hidden units), trained once per session."""
+    return digits_mlp(tmp_path_factory.mktemp("digits") / "digits.onnx", hidden=8)
+
+
+@pytest.fixture(scope="session")
+def signing_key() -> SigningKey:
+    return SigningKey.generate()
+
+
+def build(case: ModelCase, key: SigningKey, out: Path, version: str, release: int, **options: object) -> BuiltBundle:
+    """Build and sign one bundle of the digits model."""
+    validation = ValidationSet(inputs={"X": case.x_val}, labels=case.y_val)
+    manifest = build_bundle(
+        case.path,
+        validation,
+        [key],
+        out,
+        BuildOptions(name=MODEL, version=version, release=release, golden_count=4, **options),  # type: ignore[arg-type]
+    )
+    return BuiltBundle(out, manifest, out.read_bytes())
+
+
+@pytest.fixture(scope="module")
+def bundles(digits_case: ModelCase, signing_key: SigningKey, tmp_path_factory: pytest.TempPathFactory) -> Bundles:
+    """v1 and v2 (healthy), v3 (impossible latency budget), v4 (riscv64 only), built once per module."""
+    out = tmp_path_factory.mktemp("bundles")
+    return Bundles(
+        trusted=TrustedKeys.of([signing_key.public]),
+        v1=build(digits_case, signing_key, out / "v1.mfb", "1.0.0", 1),
+        v2=build(digits_case, signing_key, out / "v2.mfb", "2.0.0", 2),
+        slow=build(digits_case, signing_key, out / "v3.mfb", "3.0.0", 3, max_latency_ms=1e-6),
+        alien=build(digits_case, signing_key, out / "v4.mfb", "4.0.0", 4, hardware=HardwareTargets(arch=("riscv64",))),
+    )
+
+
+@pytest.fixture(scope="module")
+def device() -> DeviceProfile:
+    """This machine as a device that fits every bundle but the riscv64 one."""
+    return DeviceProfile(
+        arch=platform.machine(),
+        runtimes={"onnxruntime": ort.__version__},
+        ram_bytes=8 << 30,
+        disk_free_bytes=64 << 30,
+    )
+
+
+# ------------------------------------------------------------------ the server
+
+
+@dataclass
+class Route:
+    """What the server sends for one path, and how badly.
+
+    Attributes:
+        data: the file.
+        chunk: bytes per write.
+        delay: seconds between writes (a trickle).
+        stall_after: stop sending after this many body bytes and hold the connection.
+        drop_after: close the connection after this many body bytes, for the first ``drops`` replies.
+        extra: bytes appended beyond the file (more than declared).
+        declare_length: send ``Content-Length`` (else the body ends when the connection closes).
+        honor_range: answer ``Range`` with 206 (else 200 with the whole file).
+        corrupt_ranges: flip the first byte of this many 206 replies.
+        status: reply with this status and no body instead.
+        on_sent: called with the body bytes sent so far after each write.
+    """
+
+    data: bytes
+    chunk: int = 4096
+    delay: float = 0.0
+    stall_after: int | None = None
+    drop_after: int | None = None
+    drops: int = 1
+    extra: bytes = b""
+    declare_length: bool = True
+    honor_range: bool = True
+    corrupt_ranges: int = 0
+    status: int | None = None
+    on_sent: Callable[[int], None] | None = None
+
+
+@dataclass
+class Request:
+    path: str
+    range: str | None
+
+
+@dataclass
+class BundleServer:
+    """A threaded HTTP server on 127.0.0.1 that serves :class:`Route` s."""
+
+    httpd: http.server.ThreadingHTTPServer
+    routes: dict[str, Route] = field(default_factory=dict)
+    requests: list[Request] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def serve(self, name: str, data: bytes, **knobs: object) -> str:
+        """Serve ``data`` at ``/name`` with :class:`Route` knobs and return its URL."""
+        self.routes[name] = Route(data, **knobs)  # type: ignore[arg-type]
+        return self.url(name)
+
+    def url(self, name: str) -> str:
+        host, port = self.httpd.server_address[:2]
+        return f"http://{host!s}:{port}/{name}"
+
+    def seen(self, name: str) -> list[Request]:
+        """Requests for ``/name`` so far."""
+        with self.lock:
+            return [r for r in self.requests if r.path == f"/{name}"]
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the stdlib's signature
+        """Keep test output quiet."""
+
+    def do_GET(self) -> None:
+        owner = self.server.owner
+        with owner.lock:
+            owner.requests.append(Request(self.path, self.headers.get("Range")))
+            route = owner.routes.get(self.path.lstrip("/"))
+        if route is None or route.status is not None:
+            self._empty(404 if route is None else route.status or 500)
+            return
+        self._send(route, owner)
+
+    def _empty(self, status: int) -> None:
+        self.send_response(status)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _send(self, route: Route, owner: BundleServer) -> None:
+        start, body, status = self._select(route, owner)
+        self.send_response(status)
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{len(route.data) - 1}/{len(route.data)}")
+        if route.declare_length:
+            self.send_header("Content-Length", str(len(body)))
+        else:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self._write(route, owner, body)
+
+    def _select(self, route: Route, owner: BundleServer) -> tuple[int, bytes, int]:
+        match = _RANGE.match(self.headers.get("Range") or "")
+        if match is None or not route.honor_range:
+            return 0, route.data + route.extra, 200
+        start = int(match.group(1))
+        end = int(match.group(2)) + 1 if match.group(2) else len(route.data)
+        body = bytearray(route.data[start:end] + route.extra)
+        with owner.lock:
+            if route.corrupt_ranges > 0 and start > 0:
+                route.corrupt_ranges -= 1
+                body[0] ^= 0xFF
+        return start, bytes(body), 206
+
+    def _write(self, route: Route, owner: BundleServer, body: bytes) -> None:
+        with owner.lock:
+            drop = route.drop_after is not None and route.drops > 0
+            if drop:
+                route.drops -= 1
+        sent = 0
+        try:
+            while sent < len(body):
+                if drop and route.drop_after is not None and sent >= route.drop_after:
+                    self.close_connection = True
+                    return
+                if route.stall_after is not None and sent >= route.stall_after:
+                    owner.release.wait(30)
+                    return
+                piece = body[sent : sent + route.chunk]
+                self.wfile.write(piece)
+                self.wfile.flush()
+                sent += len(piece)
+                if route.on_sent is not None:
+                    route.on_sent(sent)
+                if route.delay:
+                    time.sleep(route.delay)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    owner: BundleServer
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client killed mid-transfer is what these tests do on purpose; keep the log quiet."""
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[BundleServer]:
+    """A bundle server for the module; routes are added by each test."""
+    httpd = _Server(("127.0.0.1", 0), _Handler)
+    owner = BundleServer(httpd)
+    httpd.owner = owner
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield owner
+    owner.release.set()
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(5)
+
+
+# ------------------------------------------------------------------ the kit
+
+
+@dataclass
+class Kit:
+    """What an install test needs: bundles, this device, the server, and helpers."""
+
+    bundles: Bundles
+    device: DeviceProfile
+    server: BundleServer
+    case: ModelCase
+    workdir: Path
+
+    def build(self, version: str, release: int, key: SigningKey | None = None, **options: object) -> BuiltBundle:
+        """Another bundle of the digits model (signed by ``key``, else by a fresh untrusted key)."""
+        out = self.workdir / f"extra-{version}.mfb"
+        return build(self.case, key or SigningKey.generate(), out, version, release, **options)
+
+    def serve(self, name: str, data: bytes, **knobs: object) -> str:
+        """Serve ``data`` at ``/name`` with :class:`Route` knobs; return the URL."""
+        return self.server.serve(name, data, **knobs)
+
+    def config(self, **overrides: object) -> InstallConfig:
+        """An install configuration with quick, bounded downloads and a short health check."""
+        fields: dict[str, object] = {
+            "trusted": self.bundles.trusted,
+            "device": self.device,
+            "keep_versions": 2,
+            "download": DownloadPolicy(
+                deadline_s=10.0,
+                read_timeout_s=1.0,
+                window_s=1.0,
+                max_retries=2,
+                backoff_base_s=0.01,
+                backoff_cap_s=0.05,
+                head_bytes=2048,
+            ),
+            "health": HealthPolicy(latency_runs=3),
+        }
+        fields.update(overrides)
+        return InstallConfig(**fields)  # type: ignore[arg-type]
+
+    def desired(
+        self, bundle: BuiltBundle, name: str | None = None, *, rollback: bool = False, sha256: str | None = None
+    ) -> DesiredModel:
+        """What a server would send for ``bundle``, served as is at ``/name`` unless a route exists."""
+        name = name or bundle.path.name
+        if name not in self.server.routes:
+            self.server.serve(name, bundle.data)
+        return DesiredModel(
+            model=MODEL,
+            version=bundle.version,
+            release=bundle.manifest.release,
+            rollback=rollback,
+            rollout_id="rollout-1",
+            artifact=Artifact(url=self.server.url(name), sha256=sha256 or bundle.sha256, size=len(bundle.data)),
+        )
+
+    @staticmethod
+    def leftovers(root: Path) -> list[str]:
+        """Everything under ``root/models`` that is not a version, a link or a journal."""
+        return leftovers(root)
+
+    @staticmethod
+    def copy_store(source: Path, dest: Path) -> Path:
+        """Copy an agent root, links as links and read-only versions as they are."""
+        shutil.copytree(source, dest, symlinks=True)
+        return dest
+
+
+@pytest.fixture(scope="module")
+def kit(
+    bundles: Bundles,
+    device: DeviceProfile,
+    server: BundleServer,
+    digits_case: ModelCase,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Kit:
+    return Kit(bundles, device, server, digits_case, tmp_path_factory.mktemp("kit"))
+
+
+def leftovers(root: Path) -> list[str]:
+    """Everything under ``root/models`` that is not a published version, a link, a journal or a lock."""
+    found = []
+    for model in (root / "models").iterdir():
+        for entry in model.iterdir():
+            if entry.name in {"current", "previous", "journal.json"}:
+                continue
+            if entry.name in {"versions", "downloads"}:
+                inner = [p for p in entry.iterdir() if p.name.startswith(".") or entry.name == "downloads"]
+                found += [str(p.relative_to(root)) for p in inner]
+                continue
+            found.append(str(entry.relative_to(root)))
+    return sorted(found)

@@ -1,0 +1,412 @@
+"""The agent against a real server (uvicorn on loopback, SQLite, one flow on PostgreSQL).
+
+A server is initialised per test with ``init_server``; the bundles are built once per
+module with the signing key of a module-level ``init_server`` that every test server
+trusts. The agent enrolls with a real enrollment token, checks in, downloads,
+installs and commits, forwards events and summaries exactly once across a server
+outage, and stops when its device is revoked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from modelfleet.agent import Agent, AgentConfig, DownloadPolicy, HealthPolicy, agent_status
+from modelfleet.bundle import BuildOptions, DeviceProfile, PublicKey, SigningKey, ValidationSet, build_bundle
+from modelfleet.server import ServerConfig, create_app, init_server, load_server_config
+from modelfleet.sim import ModelCase
+from modelfleet.telemetry import Summary
+
+MODEL = "digits"
+DEVICE = "pi-agent-01"
+LATENCY_BINS = 58
+
+
+@dataclass(frozen=True)
+class SignedBundles:
+    """Bundles signed by the key a module-level ``init_server`` made, and that key's public file."""
+
+    trusted_key: Path
+    versions: dict[str, Path]
+
+
+@pytest.fixture(scope="module")
+def signed(digits_case: ModelCase, tmp_path_factory: pytest.TempPathFactory) -> SignedBundles:
+    directory = tmp_path_factory.mktemp("signed")
+    made = init_server(directory / "keys-server")
+    key = SigningKey.from_file(made.signing_key)
+    validation = ValidationSet(inputs={"X": digits_case.x_val}, labels=digits_case.y_val)
+    versions = {}
+    for release, version in enumerate(("1.0.0", "1.1.0"), start=1):
+        out = directory / f"digits-{version}.mfb"
+        options = BuildOptions(name=MODEL, version=version, release=release, golden_count=4)
+        build_bundle(digits_case.path, validation, [key], out, options)
+        versions[version] = out
+    return SignedBundles(made.trusted_key, versions)
+
+
+class LiveServer:
+    """``init_server`` + ``create_app`` under uvicorn on a fixed loopback port that survives a restart."""
+
+    def __init__(self, data_dir: Path, trusted_key: Path, database_url: str | None = None) -> None:
+        self.init = init_server(data_dir, database_url)
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config: ServerConfig = load_server_config(data_dir).model_copy(
+            update={"public_url": self.url, "trusted_keys": (trusted_key,), "poll_seconds": 60}
+        )
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._sock: socket.socket | None = None
+        self.admin = httpx.Client(
+            base_url=self.url, timeout=30, headers={"Authorization": f"Bearer {self.init.admin_token}"}
+        )
+
+    def start(self) -> None:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        server = uvicorn.Server(uvicorn.Config(create_app(self.config), log_level="warning", lifespan="on"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.started
+        self._server, self._thread, self._sock = server, thread, sock
+
+    def stop(self) -> None:
+        assert self._server is not None
+        assert self._thread is not None
+        assert self._sock is not None
+        self._server.should_exit = True
+        self._thread.join(20)
+        self._sock.close()
+        self.admin.close()
+        self.admin = httpx.Client(base_url=self.url, timeout=30, headers=dict(self.admin.headers))
+        self._server = None
+
+    def close(self) -> None:
+        if self._server is not None:
+            self.stop()
+        self.admin.close()
+
+    # admin helpers
+    def push(self, bundle: Path) -> None:
+        headers = {"Content-Type": "application/octet-stream"}
+        reply = self.admin.post("/v1/admin/bundles", content=bundle.read_bytes(), headers=headers)
+        assert reply.status_code == 201, reply.text
+
+    def enrollment_token(self, **body: Any) -> str:
+        reply = self.admin.post("/v1/admin/enrollment-tokens", json={"max_uses": 1, "tags": {"site": "lab"}, **body})
+        assert reply.status_code == 201, reply.text
+        return str(reply.json()["token"])
+
+    def pin(self, version: str) -> None:
+        """Pin ``version`` for devices tagged ``site=lab`` (what the enrollment tokens apply)."""
+        body = {"model": MODEL, "version": version, "selector": {"site": "lab"}}
+        reply = self.admin.post("/v1/admin/pins", json=body)
+        assert reply.status_code == 201, reply.text
+
+    def events(self, device_id: str = DEVICE) -> list[dict[str, Any]]:
+        reply = self.admin.get("/v1/admin/events", params={"device_id": device_id, "limit": 1000})
+        assert reply.status_code == 200, reply.text
+        return list(reply.json())
+
+    def summaries(self, version: str = "1.0.0") -> int:
+        reply = self.admin.get("/v1/admin/telemetry/windows", params={"model": MODEL, "version": version})
+        assert reply.status_code == 200, reply.text
+        return sum(int(window["summaries"]) for window in reply.json())
+
+
+def make_server(tmp_path: Path, signed: SignedBundles, database_url: str | None = None) -> LiveServer:
+    live = LiveServer(tmp_path / "server", signed.trusted_key, database_url)
+    live.start()
+    for path in signed.versions.values():
+        live.push(path)
+    return live
+
+
+@pytest.fixture
+def live(tmp_path: Path, signed: SignedBundles) -> Iterator[LiveServer]:
+    server = make_server(tmp_path, signed)
+    yield server
+    server.close()
+
+
+def make_agent(data_dir: Path, live: LiveServer, device: DeviceProfile, token: str | None) -> Agent:
+    config = AgentConfig(
+        server=live.url,
+        device_id=DEVICE,
+        trusted_keys=(PublicKey.from_file(live.config.trusted_keys[0]).to_pem().decode(),),
+        enroll_token=token,
+    )
+    config.save(data_dir)
+    download = DownloadPolicy(deadline_s=20.0, read_timeout_s=5.0, max_retries=1, backoff_base_s=0.01)
+    return Agent(
+        data_dir,
+        config,
+        profile=device,
+        download=download,
+        health=HealthPolicy(latency_runs=3),
+        rng=random.Random(7),  # noqa: S311 - jitter
+        backoff_base_s=0.5,
+        backoff_cap_s=30.0,
+    )
+
+
+def summary(index: int, version: str = "1.0.0") -> Summary:
+    start = datetime(2026, 11, 23, 12, 0, tzinfo=UTC) + timedelta(minutes=5 * index)
+    document = {
+        "id": f"summary-{index:04d}",
+        "model": MODEL,
+        "version": version,
+        "window_start": start.isoformat(),
+        "window_seconds": 300,
+        "n": 3,
+        "errors": 0,
+        "latency_counts": [0] * 20 + [3] + [0] * (LATENCY_BINS - 21),
+        "latency_sum_ms": 7.5,
+        "confidence_counts": [0, 3],
+        "confidence_sum": 2.25,
+        "confidence_sum_sq": 1.6875,
+        "predicted_counts": [3] + [0] * 9,
+        "feature_counts": [[3, 0], [0, 3]],
+    }
+    return Summary.model_validate(document)
+
+
+def install_flow(live: LiveServer, agent: Agent) -> None:
+    """Enroll, check in, install 1.1.0 to commit; the next check-in is a 304 with nothing to do."""
+    live.pin("1.1.0")
+    first = agent.step()
+    assert first.ok, first.error
+    assert first.status == "accepted"
+    assert agent.installer.journal(MODEL).state.value == "committed"
+    assert agent.installed()[0].version == "1.1.0"
+    etag = agent.state.etag
+    assert etag is not None
+    # The second step reports the new installed state (stored), the third is the cheap path.
+    assert agent.step().ok
+    assert agent.step().ok
+    assert agent.client.last_etag == etag
+    kinds = sorted(event["kind"] for event in live.events())
+    assert kinds == ["committed", "health_passed", "installed"]
+    assert agent.outbox.counts().pending == 0
+
+
+def test_enroll_install_commit_and_304(tmp_path: Path, live: LiveServer, device: DeviceProfile) -> None:
+    agent = make_agent(tmp_path / "agent", live, device, live.enrollment_token())
+    with agent:
+        install_flow(live, agent)
+        etag = agent.state.etag
+        seen: list[int] = []
+        original = agent.client._http.post
+
+        def post(*args: Any, **kwargs: Any) -> httpx.Response:
+            reply = original(*args, **kwargs)
+            seen.append(reply.status_code)
+            return reply
+
+        agent.client._http.post = post  # type: ignore[method-assign]
+        assert agent.step().ok
+        assert seen == [304]
+        assert agent.state.etag == etag
+    device_row = live.admin.get(f"/v1/admin/devices/{DEVICE}").json()
+    assert device_row["status"] == "accepted"
+    assert (tmp_path / "agent" / "identity" / "device.key").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "agent" / "identity" / "credential").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_install_flow_on_postgresql(
+    tmp_path: Path, signed: SignedBundles, device: DeviceProfile, database_url: str
+) -> None:
+    server = make_server(tmp_path, signed, database_url)
+    try:
+        with make_agent(tmp_path / "agent", server, device, server.enrollment_token()) as agent:
+            install_flow(server, agent)
+    finally:
+        server.close()
+
+
+def test_pending_until_approved(tmp_path: Path, live: LiveServer, device: DeviceProfile) -> None:
+    with make_agent(tmp_path / "agent", live, device, None) as agent:
+        result = agent.step()
+        assert result.ok
+        assert result.status == "pending"
+        assert result.delay_s == 60
+        reply = live.admin.post(f"/v1/admin/devices/{DEVICE}/approve")
+        assert reply.status_code == 200, reply.text
+        assert agent.step().status == "accepted"
+        assert agent.client.credential is not None
+
+
+def test_outage_backoff_then_exactly_once(tmp_path: Path, live: LiveServer, device: DeviceProfile) -> None:
+    with make_agent(tmp_path / "agent", live, device, live.enrollment_token()) as agent:
+        assert agent.step().ok
+        for index in range(3):
+            agent.outbox.add_summary(summary(index))
+        assert agent.step().sent_summaries == 3
+        live.stop()
+        delays = []
+        for index in range(3, 8):
+            agent.outbox.add_summary(summary(index))
+            result = agent.step()
+            assert not result.ok
+            assert result.error is not None
+            delays.append(result.delay_s)
+        # full jitter: each delay within [0, base * 2**attempt]
+        assert all(0 <= delay <= 0.5 * 2**attempt for attempt, delay in enumerate(delays))
+        assert agent.outbox.counts().pending == 5
+        live.start()
+        result = agent.step()
+        assert result.ok, result.error
+        assert result.sent_summaries == 5
+        assert result.delay_s == 60
+        # A lost acknowledgement: the same items sent again are duplicates, never new rows.
+        for index in range(8):
+            agent.outbox.add_summary(summary(index))  # known ids: not queued again
+        assert agent.outbox.counts().pending == 0
+        assert agent.step().sent_summaries == 0
+    assert live.summaries() == 8
+
+
+def test_resend_after_lost_ack_is_counted_once(tmp_path: Path, live: LiveServer, device: DeviceProfile) -> None:
+    with make_agent(tmp_path / "agent", live, device, live.enrollment_token()) as agent:
+        assert agent.step().ok
+        for index in range(4):
+            agent.outbox.add_summary(summary(index))
+        original = agent.outbox.mark_sent
+        calls = {"n": 0}
+
+        def lose_first(ids: Any) -> int:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise OSError("disk hiccup after the server acknowledged")
+            return original(ids)
+
+        agent.outbox.mark_sent = lose_first  # type: ignore[method-assign]
+        assert not agent.step().ok
+        assert agent.outbox.counts().pending == 4
+        assert agent.step().ok
+        assert agent.outbox.counts().pending == 0
+    assert live.summaries() == 4
+
+
+def test_revoked_device_stops(tmp_path: Path, live: LiveServer, device: DeviceProfile) -> None:
+    with make_agent(tmp_path / "agent", live, device, live.enrollment_token()) as agent:
+        assert agent.step().ok
+        reply = live.admin.post(f"/v1/admin/devices/{DEVICE}/revoke")
+        assert reply.status_code == 200, reply.text
+        agent.outbox.add_summary(summary(1))
+        result = agent.step()
+        assert result.stopped
+        assert result.status == "revoked"
+        assert agent.client.credential is None
+        assert agent.step().stopped
+        assert agent.outbox.counts().pending == 1  # nothing more was sent
+        stop = threading.Event()
+        last = agent.run_forever(stop)
+        assert last is not None
+        assert last.stopped
+    status = agent_status(tmp_path / "agent")
+    assert status["status"] == "revoked"
+    assert status["enrolled"] is False
+    assert live.summaries() == 0
+
+
+def test_status_cli_shows_installed_version(tmp_path: Path, live: LiveServer, device: DeviceProfile) -> None:
+    data_dir = tmp_path / "agent"
+    with make_agent(data_dir, live, device, live.enrollment_token()) as agent:
+        live.pin("1.0.0")
+        assert agent.step().ok
+    env = {**os.environ, "NO_COLOR": "1"}
+    command = [sys.executable, "-m", "modelfleet", "agent", "status", "--data-dir", str(data_dir), "--json"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["device_id"] == DEVICE
+    assert report["enrolled"] is True
+    assert report["status"] == "accepted"
+    assert report["server"] == live.url
+    assert report["models"][MODEL]["current"] == "1.0.0"
+    assert report["models"][MODEL]["state"] == "committed"
+    assert report["outbox"]["pending_events"] == 0
+
+
+def test_run_once_cli_enrolls(tmp_path: Path, live: LiveServer) -> None:
+    data_dir = tmp_path / "cli-agent"
+    token = live.enrollment_token()
+    trusted = str(live.config.trusted_keys[0])
+    command = [sys.executable, "-m", "modelfleet", "agent", "run", "--data-dir", str(data_dir)]
+    first = [*command, "--server", live.url, "--enroll-token", token, "--trust", trusted, "--tag", "site=lab", "--once"]
+    done = subprocess.run(first, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr + done.stdout
+    saved = AgentConfig.load(data_dir)
+    assert saved is not None
+    assert saved.tags == {"site": "lab"}
+    assert (data_dir / "agent.json").stat().st_mode & 0o777 == 0o600
+    again = subprocess.run([*command, "--once"], capture_output=True, text=True, timeout=120, check=False)
+    assert again.returncode == 0, again.stderr
+    other = SigningKey.generate().save(tmp_path / "other", "k")[1]
+    refused = subprocess.run(
+        [*command, "--trust", str(other), "--once"], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert refused.returncode == 1
+    assert "trust_changed" in refused.stderr
+    devices = live.admin.get("/v1/admin/devices").json()
+    assert [d["status"] for d in devices] == ["accepted"]
+
+
+def test_run_cli_loops_until_sigterm(tmp_path: Path, live: LiveServer) -> None:
+    data_dir = tmp_path / "loop-agent"
+    command = [
+        sys.executable,
+        "-m",
+        "modelfleet",
+        "agent",
+        "run",
+        "--data-dir",
+        str(data_dir),
+        "--server",
+        live.url,
+        "--enroll-token",
+        live.enrollment_token(),
+        "--trust",
+        str(live.config.trusted_keys[0]),
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (data_dir / "identity" / "credential").exists():
+            time.sleep(0.1)
+        assert (data_dir / "identity" / "credential").exists()
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    assert process.returncode == 0, stderr
+    assert agent_status(data_dir)["status"] == "accepted"

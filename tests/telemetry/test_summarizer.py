@@ -1,0 +1,418 @@
+"""The summarizer counts exactly what it saw, on the bundle's bins, into aligned windows with stable ids."""
+
+import re
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from modelfleet.bundle import BuildOptions, SigningKey, ValidationSet, build_bundle
+from modelfleet.clock import ManualClock
+from modelfleet.sim import tiny_cnn
+from modelfleet.telemetry import (
+    LATENCY_EDGES_MS,
+    ShadowComparison,
+    Summarizer,
+    SummaryLayout,
+    feature_values,
+)
+
+INF = float("inf")
+START = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)  # a multiple of 300 s since the epoch
+LAYOUT = SummaryLayout(
+    feature_edges=(
+        (-INF, 0.0, 1.0, INF),  # the builder's shape: open outer bins
+        (-INF, 10.0, INF),
+        (0.0, 0.5, 1.0),  # finite outer edges: values outside count in the outer bins
+    ),
+    confidence_edges=(0.0, 0.25, 0.5, 0.75, 1.0),
+    n_classes=3,
+    input_features=(("a", 2), ("b", 1)),
+)
+ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def make(clock=None, *, role="active", active_version=None, salt=b"fixed salt", window_seconds=300):
+    clock = clock or ManualClock(START)
+    return Summarizer(LAYOUT, "digits", "1.1.0", role, clock, window_seconds, active_version=active_version, salt=salt)
+
+
+def rows(n, seed=0):
+    """``n`` random answered rows: features, confidence, predicted, labels."""
+    rng = np.random.default_rng(seed)
+    features = rng.normal(0.5, 3.0, (n, 3))
+    confidence = rng.uniform(0.0, 1.0, n)
+    predicted = rng.integers(0, 3, n)
+    labels = np.where(rng.uniform(size=n) < 0.5, rng.integers(0, 3, n), -1)
+    return features, confidence, predicted, labels
+
+
+def only(summaries):
+    assert len(summaries) == 1
+    return summaries[0]
+
+
+# ------------------------------------------------------------------ counting
+
+
+def test_counts_add_up_to_what_was_observed():
+    summarizer = make()
+    features, confidence, predicted, _ = rows(10)
+    summarizer.observe(features[:6], confidence[:6], predicted[:6], 2.0)
+    summarizer.observe(features[6:8], None, None, 1000.0, error=True, fallback=True)
+    summarizer.observe(features[8:9], None, None, 1000.0, timeout=True, fallback=True)
+    summarizer.observe(features[9:], confidence[9:], predicted[9:], 3.0)
+
+    summary = only(summarizer.flush(final=True))
+
+    assert (summary.n, summary.errors, summary.timeouts, summary.fallbacks) == (10, 2, 1, 3)
+    assert sum(summary.latency_counts) == 10
+    assert all(sum(counts) == 10 for counts in summary.feature_counts)
+    assert sum(summary.confidence_counts) == sum(summary.predicted_counts) == 7  # answered rows only
+    answered = np.r_[confidence[:6], confidence[9:]]
+    assert summary.confidence_sum == pytest.approx(answered.sum())
+    assert summary.confidence_sum_sq == pytest.approx((answered**2).sum())
+    assert summary.latency_sum_ms == pytest.approx(6 * 2.0 + 3 * 1000.0 + 3.0)
+    assert summary.mean_confidence == pytest.approx(answered.mean())
+
+
+# value per feature -> expected bin per feature
+FEATURE_BINS = {
+    "below the first interior edges": ((-5.0, 5.0, 0.7), (0, 0, 1)),
+    "on an edge counts in the bin it opens": ((0.0, 10.0, 0.5), (1, 1, 1)),
+    "beyond a finite last edge": ((1.0, INF, 7.0), (2, 1, 1)),
+    "below a finite first edge": ((0.5, -INF, -3.0), (1, 0, 0)),
+    "on a finite last edge": ((2.0, 11.0, 1.0), (2, 1, 1)),
+    "NaN counts in the first bin": ((np.nan, np.nan, np.nan), (0, 0, 0)),
+}
+
+
+@pytest.mark.parametrize("case", list(FEATURE_BINS))
+def test_features_are_counted_in_their_reference_bins(case):
+    values, expected = FEATURE_BINS[case]
+    summarizer = make()
+
+    summarizer.observe(np.array([values]), np.array([0.5]), np.array([0]), 1.0)
+
+    summary = only(summarizer.flush(final=True))
+    for feature, counts in enumerate(summary.feature_counts):
+        assert counts.index(1) == expected[feature], f"feature {feature}: {counts}"
+
+
+CONFIDENCE_BINS = {0.0: 0, 0.1: 0, 0.25: 1, 0.5: 2, 0.74: 2, 0.999: 3, 1.0: 3}
+
+
+@pytest.mark.parametrize(("confidence", "expected"), CONFIDENCE_BINS.items())
+def test_confidence_bins_close_on_the_right_and_include_one(confidence, expected):
+    summarizer = make()
+
+    summarizer.observe(np.zeros((1, 3)), np.array([confidence]), np.array([1]), 1.0)
+
+    assert only(summarizer.flush(final=True)).confidence_counts[expected] == 1
+
+
+LATENCIES_MS = [0.0, 0.009, 0.01, 0.5, 7.3, 99.9, 100.0, 123_456.0]
+
+
+@pytest.mark.parametrize("latency", LATENCIES_MS)
+def test_latency_is_counted_on_the_wire_formats_log_bins(latency):
+    summarizer = make()
+
+    summarizer.observe(np.zeros((1, 3)), np.array([0.5]), np.array([1]), latency)
+
+    expected = min(int(np.searchsorted(LATENCY_EDGES_MS, latency, side="right")) - 1, len(LATENCY_EDGES_MS) - 2)
+    assert only(summarizer.flush(final=True)).latency_counts[expected] == 1
+
+
+def test_per_row_latencies_are_counted_row_by_row():
+    summarizer = make()
+    features, confidence, predicted, _ = rows(len(LATENCIES_MS))
+
+    summarizer.observe(features, confidence, predicted, np.array(LATENCIES_MS))
+
+    summary = only(summarizer.flush(final=True))
+    expected = np.bincount(
+        np.minimum(np.searchsorted(LATENCY_EDGES_MS, LATENCIES_MS, side="right") - 1, len(LATENCY_EDGES_MS) - 2),
+        minlength=len(LATENCY_EDGES_MS) - 1,
+    )
+    assert summary.latency_counts == tuple(expected.tolist())
+    assert summary.latency_sum_ms == pytest.approx(sum(LATENCIES_MS))
+
+
+def test_a_batch_counts_exactly_like_its_rows_one_by_one():
+    features, confidence, predicted, labels = rows(300)
+    one_by_one, batched = make(), make()
+
+    for i in range(300):
+        one_by_one.observe(
+            features[i : i + 1], confidence[i : i + 1], predicted[i : i + 1], 1.5, labels=labels[i : i + 1]
+        )
+    batched.observe(features, confidence, predicted, 1.5, labels=labels)
+
+    single, batch = only(one_by_one.flush(final=True)), only(batched.flush(final=True))
+    assert single.model_dump(exclude={"confidence_sum", "confidence_sum_sq"}) == batch.model_dump(
+        exclude={"confidence_sum", "confidence_sum_sq"}
+    )
+    assert single.confidence_sum == pytest.approx(batch.confidence_sum)
+    assert single.confidence_sum_sq == pytest.approx(batch.confidence_sum_sq)
+
+
+def test_labelled_outcomes_count_known_labels_of_answered_rows():
+    summarizer = make()
+    predicted = np.array([0, 1, 2, 2, 1])
+    labels = np.array([0, 2, 2, -1, -1])  # right, wrong, right, unknown, unknown
+
+    summarizer.observe(np.zeros((5, 3)), np.full(5, 0.9), predicted, 1.0, labels=labels)
+    summarizer.observe(np.zeros((1, 3)), None, None, 1.0, error=True, labels=np.array([1]))
+
+    summary = only(summarizer.flush(final=True))
+    assert (summary.n_labelled, summary.n_correct) == (3, 2)
+
+
+# ------------------------------------------------------------------ windows and ids
+
+
+def test_windows_are_aligned_and_split_at_their_boundaries():
+    clock = ManualClock(START + timedelta(seconds=290))
+    summarizer = make(clock)
+    features, confidence, predicted, _ = rows(3)
+
+    summarizer.observe(features[:2], confidence[:2], predicted[:2], 1.0)
+    clock.advance(10)  # exactly the next window's start
+    summarizer.observe(features[2:], confidence[2:], predicted[2:], 1.0)
+
+    assert summarizer.flush(START + timedelta(seconds=299)) == []
+    first = only(summarizer.flush(START + timedelta(seconds=300)))
+    assert (first.window_start, first.window_seconds, first.n) == (START, 300, 2)
+    second = only(summarizer.flush(final=True))
+    assert (second.window_start, second.n) == (START + timedelta(seconds=300), 1)
+    assert summarizer.flush(final=True) == []
+
+
+def test_windows_align_to_multiples_of_their_length_since_the_epoch():
+    clock = ManualClock(START + timedelta(seconds=1234))
+    summarizer = make(clock, window_seconds=3600)
+
+    summarizer.observe(np.zeros((1, 3)), np.array([0.5]), np.array([0]), 1.0)
+
+    window_start = only(summarizer.flush(final=True)).window_start
+    assert window_start.timestamp() % 3600 == 0
+    assert window_start <= clock.now() < window_start + timedelta(hours=1)
+
+
+def test_ids_are_deterministic_for_a_salt_and_never_repeat():
+    def summaries(salt):
+        clock = ManualClock(START)
+        summarizer = make(clock, salt=salt)
+        for _ in range(3):
+            summarizer.observe(np.zeros((1, 3)), np.array([0.5]), np.array([0]), 1.0)
+            clock.advance(300)
+        summarizer.observe(np.zeros((1, 3)), np.array([0.5]), np.array([0]), 1.0)
+        early = summarizer.flush(final=True)
+        summarizer.observe(np.zeros((1, 3)), np.array([0.5]), np.array([0]), 1.0)  # the same window again
+        return early + summarizer.flush(final=True)
+
+    first, again, other = summaries(b"a"), summaries(b"a"), summaries(b"b")
+
+    ids = [summary.id for summary in first]
+    assert all(ID.fullmatch(summary_id) for summary_id in ids)
+    assert len(set(ids)) == len(ids) == 5
+    assert first[-1].window_start == first[-2].window_start
+    assert ids == [summary.id for summary in again]
+    assert not set(ids) & {summary.id for summary in other}
+
+
+def test_without_an_injected_salt_two_summarizers_never_share_ids():
+    clock = ManualClock(START)
+    a, b = make(clock, salt=None), make(clock, salt=None)
+    for summarizer in (a, b):
+        summarizer.observe(np.zeros((1, 3)), np.array([0.5]), np.array([0]), 1.0)
+
+    assert only(a.flush(final=True)).id != only(b.flush(final=True)).id
+
+
+# ------------------------------------------------------------------ shadow
+
+
+def test_shadow_agreement_and_who_was_right():
+    summarizer = make(role="shadow", active_version="1.0.0")
+    candidate = np.array([0, 1, 2, 2, 0, 1])
+    active = ShadowComparison(predicted=np.array([0, 1, 1, 2, 1, 1]), confidence=np.full(6, 0.5))
+    labels = np.array([0, 2, 2, 1, 1, -1])
+
+    summarizer.observe(np.zeros((6, 3)), np.full(6, 0.8), candidate, 4.0, labels=labels, shadow=active)
+    summarizer.observe(np.zeros((1, 3)), None, None, 4.0, error=True)  # nothing to compare
+
+    summary = only(summarizer.flush(final=True))
+    assert summary.role == "shadow"
+    shadow = summary.shadow
+    assert (shadow.active_version, shadow.n_compared, shadow.n_agree) == ("1.0.0", 6, 4)
+    assert shadow.active_confidence_sum == pytest.approx(3.0)
+    assert (shadow.n_labelled, shadow.active_correct, shadow.candidate_correct) == (5, 2, 2)
+    assert (shadow.only_active_correct, shadow.only_candidate_correct) == (1, 1)
+    assert summary.confidence_sum == pytest.approx(6 * 0.8)
+
+
+def test_only_shadow_summaries_carry_shadow_stats():
+    active = make()
+    active.observe(np.zeros((1, 3)), np.array([0.5]), np.array([0]), 1.0)
+
+    assert only(active.flush(final=True)).shadow is None
+    with pytest.raises(ValueError, match="active_version"):
+        make(role="shadow")
+    with pytest.raises(ValueError, match="active_version"):
+        make(role="active", active_version="1.0.0")
+
+
+# ------------------------------------------------------------------ refusals
+
+
+def observe_args(**changes):
+    args = {
+        "features_per_row": np.zeros((2, 3)),
+        "confidence": np.array([0.5, 0.6]),
+        "predicted": np.array([0, 1]),
+        "latency_ms": 1.0,
+    }
+    args.update(changes)
+    return args
+
+
+REFUSED = {
+    "features of another layout": (observe_args(features_per_row=np.zeros((2, 4))), "features must be"),
+    "features without rows": (observe_args(features_per_row=np.zeros(3)), "features must be"),
+    "confidence above one": (observe_args(confidence=np.array([0.5, 1.5])), "within \\[0, 1\\]"),
+    "NaN confidence": (observe_args(confidence=np.array([0.5, np.nan])), "within \\[0, 1\\]"),
+    "unknown class": (observe_args(predicted=np.array([0, 3])), "predicted classes"),
+    "negative class": (observe_args(predicted=np.array([-1, 0])), "predicted classes"),
+    "one confidence short": (observe_args(confidence=np.array([0.5])), "one value per row"),
+    "scores of a failed inference": (observe_args(error=True), "neither for failed"),
+    "no scores for an answer": (observe_args(confidence=None, predicted=None), "give confidence"),
+    "error and timeout": (observe_args(confidence=None, predicted=None, error=True, timeout=True), "not both"),
+    "negative latency": (observe_args(latency_ms=-1.0), "latency_ms"),
+    "NaN latency": (observe_args(latency_ms=float("nan")), "latency_ms"),
+    "latency per row short": (observe_args(latency_ms=np.array([1.0])), "latency_ms"),
+    "labels short": (observe_args(labels=np.array([1])), "labels"),
+    "shadow on the active role": (
+        observe_args(shadow=ShadowComparison(np.array([0, 1]), np.array([0.5, 0.5]))),
+        "shadow",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(REFUSED))
+def test_what_cannot_be_counted_is_refused_and_nothing_is_counted(case):
+    args, message = REFUSED[case]
+    summarizer = make()
+
+    with pytest.raises(ValueError, match=message):
+        summarizer.observe(**args)
+
+    assert summarizer.flush(final=True) == []
+
+
+BAD_LAYOUTS = {
+    "edges not increasing": {"feature_edges": ((0.0, 0.0),)},
+    "NaN edge": {"feature_edges": ((0.0, float("nan"), 1.0),)},
+    "one edge": {"confidence_edges": (0.0,)},
+    "feature count disagrees": {"input_features": (("a", 2),)},
+    "no classes": {"n_classes": 0},
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_LAYOUTS))
+def test_a_layout_that_cannot_be_counted_on_is_refused(case):
+    fields = {
+        "feature_edges": ((-INF, INF),),
+        "confidence_edges": (0.0, 1.0),
+        "n_classes": 2,
+        "input_features": (("x", 1),),
+    } | BAD_LAYOUTS[case]
+    with pytest.raises(ValueError, match=r"edges|features|n_classes"):
+        SummaryLayout(**fields)
+
+
+# ------------------------------------------------------------------ concurrency and cost
+
+
+def test_concurrent_observers_lose_no_count():
+    summarizer = make()
+    features, confidence, predicted, _ = rows(1)
+
+    def observe_many():
+        for _ in range(500):
+            summarizer.observe(features, confidence, predicted, 1.0)
+
+    threads = [threading.Thread(target=observe_many) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    summary = only(summarizer.flush(final=True))
+    assert summary.n == sum(summary.confidence_counts) == 2000
+
+
+def test_single_row_observe_cost(capsys):
+    """Micro-benchmark, prints only: one row of 64 features (the digits model's input) on a busy machine."""
+    rng = np.random.default_rng(0)
+    edges = tuple((-INF, *np.sort(rng.standard_normal(9)).tolist(), INF) for _ in range(64))
+    layout = SummaryLayout(edges, tuple(i / 20 for i in range(21)), 10, (("X", 64),))
+    summarizer = Summarizer(layout, "digits", "1.0.0", "active", ManualClock(START))
+    row, confidence, predicted = rng.standard_normal((1, 64)), np.array([0.7]), np.array([3])
+    for _ in range(1000):
+        summarizer.observe(row, confidence, predicted, 0.4)
+
+    best = min(_time_per_call(summarizer, row, confidence, predicted) for _ in range(5))
+
+    with capsys.disabled():
+        print(f"\nsummarizer: {best * 1e6:.1f} us per single-row observe (64 features, best of 5 x 5000)")  # noqa: T201 - the measurement is the output
+
+
+def _time_per_call(summarizer, row, confidence, predicted, calls=5000):
+    start = time.perf_counter()
+    for _ in range(calls):
+        summarizer.observe(row, confidence, predicted, 0.4)
+    return (time.perf_counter() - start) / calls
+
+
+# ------------------------------------------------------------------ against a real bundle
+
+
+@pytest.fixture(scope="module")
+def cnn_bundle(tmp_path_factory):
+    work = tmp_path_factory.mktemp("cnn")
+    case = tiny_cnn(work / "cnn.onnx", seed=1)
+    options = BuildOptions(name="cnn", version="1.0.0", release=1, labels=case.labels)
+    manifest = build_bundle(
+        case.path, ValidationSet({"x": case.x_val}, None), [SigningKey.generate()], work / "b", options
+    )
+    return case, manifest
+
+
+def test_the_validation_set_reproduces_the_bundles_reference_histograms(cnn_bundle):
+    case, manifest = cnn_bundle
+    references = manifest.evidence.references
+    layout = SummaryLayout(
+        feature_edges=tuple(feature.edges for feature in references.features),
+        confidence_edges=references.confidence.edges,
+        n_classes=manifest.contract.head.n_classes,
+        input_features=(("x", len(references.features)),),
+    )
+    session = ort.InferenceSession(str(case.path), providers=["CPUExecutionProvider"])
+    scores = session.run(["probabilities"], {"x": case.x_val})[0].astype(np.float64)
+    summarizer = Summarizer(layout, "cnn", "1.0.0", "active", ManualClock(START))
+
+    summarizer.observe(
+        feature_values({"x": case.x_val}, layout.input_order),
+        np.clip(scores.max(axis=1), 0.0, 1.0),
+        scores.argmax(axis=1),
+        1.0,
+    )
+
+    summary = only(summarizer.flush(final=True))
+    assert summary.feature_counts == tuple(feature.counts for feature in references.features)
+    assert summary.confidence_counts == references.confidence.counts

@@ -23,6 +23,14 @@ from modelfleet.store._devices import (
     revoke_device,
     set_device_tags,
 )
+from modelfleet.store._drift import (
+    DeviceSummaries,
+    RecentSummaries,
+    SummaryWindow,
+    last_audit_action,
+    recent_summaries,
+    versions_with_summaries,
+)
 from modelfleet.store._engine import (
     check_connection,
     connect,
@@ -121,6 +129,7 @@ __all__ = [
     "Device",
     "DeviceRecord",
     "DeviceStatus",
+    "DeviceSummaries",
     "EnrollmentClaim",
     "EnrollmentOutcome",
     "EnrollmentToken",
@@ -133,7 +142,9 @@ __all__ = [
     "Pin",
     "PinCandidate",
     "Preauthorization",
+    "RecentSummaries",
     "SummaryRow",
+    "SummaryWindow",
     "UTCDateTime",
     "WindowAggregate",
     "admin_by_secret",
@@ -163,6 +174,7 @@ __all__ = [
     "head_revision",
     "insert_events",
     "insert_summaries",
+    "last_audit_action",
     "list_aliases",
     "list_audit",
     "list_bundles",
@@ -174,6 +186,7 @@ __all__ = [
     "new_secret",
     "pin_candidates",
     "preauthorize_device",
+    "recent_summaries",
     "record_report",
     "redact_url",
     "redeem_enrollment_token",
@@ -187,5 +200,6 @@ __all__ = [
     "set_alias",
     "set_device_tags",
     "upgrade",
+    "versions_with_summaries",
     "yank_bundle",
 ]

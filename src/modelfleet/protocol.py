@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Literal
+from urllib.parse import unquote, urlsplit
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
@@ -19,6 +21,7 @@ from modelfleet.telemetry import Event, Summary
 __all__ = [
     "ENROLL_CONTEXT",
     "MAX_BATCH",
+    "WAKE_QOS",
     "Artifact",
     "CheckinRequest",
     "CheckinResponse",
@@ -28,9 +31,11 @@ __all__ = [
     "EventBatch",
     "IngestResult",
     "InstalledModel",
+    "MqttEndpoint",
     "TelemetryBatch",
     "ed25519_public_key",
     "enrollment_message",
+    "wake_topic",
 ]
 
 ENROLL_CONTEXT = b"modelfleet/enroll/v1\x00"
@@ -178,3 +183,52 @@ class IngestResult(_Wire):
 
     accepted: int
     duplicates: int
+
+
+# ------------------------------------------------------------ MQTT wake-up (optional)
+
+WAKE_QOS = 1
+"""At-least-once: a wake-up that arrives twice only costs one more check-in."""
+
+
+def wake_topic(device_id: str) -> str:
+    """The MQTT topic the server publishes to and the device subscribes to: ``modelfleet/devices/<id>/wake``.
+
+    Device ids never hold ``+``, ``#`` or ``/`` (``DEVICE_ID_PATTERN``), so the topic has no wildcard.
+    """
+    return f"modelfleet/devices/{device_id}/wake"
+
+
+@dataclass(frozen=True, slots=True)
+class MqttEndpoint:
+    """Where an MQTT broker is: ``mqtt://[user[:password]@]host[:port]`` (1883) or ``mqtts://`` (TLS, 8883)."""
+
+    host: str
+    port: int
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+
+    @classmethod
+    def parse(cls, url: str) -> MqttEndpoint:
+        """Parse a broker URL.
+
+        Raises:
+            ValueError: not an ``mqtt://`` or ``mqtts://`` URL with a host (a caller's config error).
+        """
+        parts = urlsplit(url)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1
+        if parts.scheme not in {"mqtt", "mqtts"} or not parts.hostname or port == -1 or parts.path not in {"", "/"}:
+            msg = f"{url!r} is not a broker URL like mqtt://host:1883 or mqtts://host:8883"
+            raise ValueError(msg)
+        tls = parts.scheme == "mqtts"
+        return cls(
+            host=parts.hostname,
+            port=port or (8883 if tls else 1883),
+            tls=tls,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+        )

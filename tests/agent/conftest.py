@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import os
 import platform
 import re
 import shutil
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +41,7 @@ from modelfleet.protocol import Artifact, DesiredModel
 from modelfleet.sim import ModelCase, digits_mlp
 
 MODEL = "digits"
+SHARED_BROKER = ("127.0.0.1", 1883)
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 
 
@@ -382,3 +385,33 @@ def leftovers(root: Path) -> list[str]:
                 continue
             found.append(str(entry.relative_to(root)))
     return sorted(found)
+
+
+# ------------------------------------------------------------------ the MQTT broker
+
+
+def missing_broker(reason: str) -> None:
+    """Skip a test that needs Mosquitto, but fail it under ``CI=true`` where the broker must be there."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: the MQTT tests must run)")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def broker_url() -> str:
+    """The shared Mosquitto on 127.0.0.1:1883 that wake-up tests publish through."""
+    try:
+        socket.create_connection(SHARED_BROKER, timeout=2).close()
+    except OSError as exc:
+        missing_broker(f"no MQTT broker on 127.0.0.1:1883 ({exc}); start mosquitto")
+    return f"mqtt://{SHARED_BROKER[0]}:{SHARED_BROKER[1]}"
+
+
+@pytest.fixture
+def mosquitto_binary() -> str:
+    """The Mosquitto executable, for tests that start and kill a broker of their own."""
+    binary = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+    if binary is None:
+        missing_broker("the mosquitto binary is not installed")
+    assert binary is not None
+    return binary

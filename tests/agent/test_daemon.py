@@ -410,3 +410,59 @@ def test_run_cli_loops_until_sigterm(tmp_path: Path, live: LiveServer) -> None:
             process.wait(10)
     assert process.returncode == 0, stderr
     assert agent_status(data_dir)["status"] == "accepted"
+
+
+def _last_checkin(data_dir: Path) -> str | None:
+    try:
+        return json.loads((data_dir / "state.json").read_text()).get("last_checkin")
+    except (OSError, ValueError):
+        return None
+
+
+def test_admin_wake_makes_a_polling_agent_check_in_at_once(
+    tmp_path: Path, signed: SignedBundles, broker_url: str
+) -> None:
+    """The real server publishes through Mosquitto and the real ``agent run --mqtt`` checks in well
+    before its 60 s poll interval would have it (the bounded wait is far shorter than the poll)."""
+    live = LiveServer(tmp_path / "server", signed.trusted_key)
+    live.config = live.config.model_copy(update={"mqtt_url": broker_url})
+    live.start()
+    data_dir = tmp_path / "woken-agent"
+    command = [
+        *(sys.executable, "-m", "modelfleet", "agent", "run", "--data-dir", str(data_dir)),
+        *("--server", live.url, "--enroll-token", live.enrollment_token(), "--identity", DEVICE),
+        *("--trust", str(live.config.trusted_keys[0]), "--mqtt", broker_url),
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    admin = [sys.executable, "-m", "modelfleet", "devices", "wake", "--server", live.url]
+    admin += ["--token", live.init.admin_token]
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and _last_checkin(data_dir) is None:
+            time.sleep(0.1)
+        first = _last_checkin(data_dir)
+        assert first is not None
+        assert agent_status(data_dir)["status"] == "accepted"
+        woken = None
+        # The agent subscribes in the background: wake until a check-in follows, at most 25 s (< 60 s poll).
+        deadline = time.monotonic() + 25
+        while time.monotonic() < deadline and woken is None:
+            reply = subprocess.run([*admin, DEVICE], capture_output=True, text=True, timeout=60, check=False)
+            assert reply.returncode == 0, reply.stderr
+            assert "woke" in reply.stdout, reply.stdout
+            until = time.monotonic() + 3
+            while time.monotonic() < until and _last_checkin(data_dir) == first:
+                time.sleep(0.05)
+            woken = _last_checkin(data_dir) if _last_checkin(data_dir) != first else None
+        assert woken is not None
+        assert woken > first
+        audit = [entry["action"] for entry in live.admin.get("/v1/admin/audit").json()]
+        assert "device.wake" in audit
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+        assert process.returncode == 0, stderr
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        live.close()

@@ -2,7 +2,10 @@
 
 One :meth:`Agent.step` is one iteration and never sleeps (so tests drive it);
 :meth:`Agent.run_forever` repeats it, waiting ``poll_seconds`` after a good
-step and a full-jitter exponential backoff after a failed one. Events and
+step and a full-jitter exponential backoff after a failed one. :meth:`Agent.wake`
+ends that wait early (no sooner than ``wake_min_interval_s`` after the last step,
+so a flood of wake-ups cannot turn into a flood of check-ins); with ``mqtt_url``
+configured, the server's MQTT wake-ups call it (:mod:`modelfleet.agent._wake`). Events and
 summaries wait in the :class:`Outbox` and are marked sent only after the server
 acknowledged them; the server stores each id once, so a resend after a lost
 acknowledgement is harmless (exactly once end to end).
@@ -20,6 +23,7 @@ import os
 import platform
 import random
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -37,6 +41,7 @@ from modelfleet.agent._journal import JournalFile
 from modelfleet.agent._outbox import Outbox, OutboxKind
 from modelfleet.agent._predictor import Predictor
 from modelfleet.agent._slots import CURRENT, PREVIOUS, SlotStore
+from modelfleet.agent._wake import WakeListener
 from modelfleet.bundle import DeviceProfile, PublicKey, TrustedKeys
 from modelfleet.clock import Clock, SystemClock
 from modelfleet.errors import BadDataError, ConfigError, ModelfleetError, PermissionDeniedError, TransportError
@@ -51,6 +56,7 @@ AGENT_CONFIG = "agent.json"
 STATE_FILE = "state.json"
 OUTBOX_FILE = "outbox.sqlite"
 _DISK_QUANTUM = 16 * 1024 * 1024  # report free disk coarsely so check-ins do not change with every byte
+_STOP_SLICE_S = 0.25  # how quickly a sleeping loop notices ``stop`` (it waits on the wake-up event)
 EnrollStatus = Literal["new", "pending", "accepted", "revoked"]
 
 
@@ -64,6 +70,7 @@ class AgentConfig(BaseModel):
         threshold: how many distinct trusted keys must sign.
         tags: the device's own tags, reported in its inventory.
         enroll_token: the enrollment token to enroll with, if any.
+        mqtt_url: the MQTT broker the server sends wake-ups through (``mqtt://host:1883``), if any.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -74,6 +81,7 @@ class AgentConfig(BaseModel):
     threshold: int = Field(default=1, ge=1)
     tags: dict[str, str] = Field(default_factory=dict)
     enroll_token: str | None = None
+    mqtt_url: str | None = Field(default=None, pattern=r"^mqtts?://\S+$")
 
     def trusted(self) -> TrustedKeys:
         """The pinned keys and threshold.
@@ -202,6 +210,7 @@ class Agent:
         backoff_cap_s: largest backoff (never more than the poll interval).
         batch_size: items per telemetry or event request.
         max_batches: batches per kind sent in one step (the rest waits for the next).
+        wake_min_interval_s: least time between a step and the next one a wake-up triggers.
     """
 
     def __init__(
@@ -220,6 +229,7 @@ class Agent:
         backoff_cap_s: float = 300.0,
         batch_size: int = MAX_BATCH,
         max_batches: int = 20,
+        wake_min_interval_s: float = 1.0,
     ) -> None:
         self.data_dir = data_dir
         self.config = config
@@ -245,9 +255,16 @@ class Agent:
         self._max_batches = max_batches
         self._failures = 0
         self._resumed = False
+        self._woken = threading.Event()
+        self._wake_floor_s = wake_min_interval_s
+        self._listener = (
+            WakeListener(config.mqtt_url, config.device_id, self.wake) if config.mqtt_url is not None else None
+        )
 
     def close(self) -> None:
-        """Release the outbox, the HTTP clients and the installer."""
+        """Release the wake-up listener, the outbox, the HTTP clients and the installer."""
+        if self._listener is not None:
+            self._listener.stop()
         self.installer.close()
         self._http.close()
         self.client.close()
@@ -265,15 +282,46 @@ class Agent:
     # ------------------------------------------------------------ the loop
 
     def run_forever(self, stop: threading.Event) -> StepResult | None:
-        """Step until ``stop`` is set or the device is revoked; returns the last step's result."""
+        """Step until ``stop`` is set or the device is revoked; returns the last step's result.
+
+        Listens for MQTT wake-ups while it runs when ``mqtt_url`` is configured.
+        """
+        if self._listener is not None:
+            self._listener.start()
         result = None
         while not stop.is_set():
             result = self.step()
             if result.stopped:
                 logger.error("device %s stopped: %s", self.identity.device_id, result.error)
                 return result
-            stop.wait(result.delay_s)
+            self._pause(result.delay_s, stop)
         return result
+
+    def wake(self) -> None:
+        """Ask for a check-in now instead of at the next poll (thread-safe; repeated calls coalesce)."""
+        self._woken.set()
+
+    @property
+    def wake_listener(self) -> WakeListener | None:
+        """The MQTT wake-up listener, when a broker is configured."""
+        return self._listener
+
+    def _pause(self, seconds: float, stop: threading.Event) -> None:
+        """Wait ``seconds``, or less when woken (but at least the wake floor), or until ``stop``."""
+        started = time.monotonic()
+        floor = min(self._wake_floor_s, seconds)
+        while not stop.is_set():
+            waited = time.monotonic() - started
+            if waited >= seconds:
+                return
+            if self._woken.is_set():
+                if waited >= floor:
+                    self._woken.clear()
+                    logger.info("woken up: checking in now")
+                    return
+                stop.wait(min(floor - waited, _STOP_SLICE_S))
+            else:
+                self._woken.wait(min(seconds - waited, _STOP_SLICE_S))
 
     def step(self) -> StepResult:
         """One iteration: enroll if needed, check in, install, forward telemetry. Never sleeps."""

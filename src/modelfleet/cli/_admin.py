@@ -32,7 +32,7 @@ EXIT_USAGE = 2
 ROLES = ("admin", "release-manager", "viewer")
 
 token_app = typer.Typer(help="Admin API tokens.", no_args_is_help=True)
-devices_app = typer.Typer(help="List, approve, tag, revoke and pre-authorize devices.", no_args_is_help=True)
+devices_app = typer.Typer(help="List, approve, tag, wake, revoke and pre-authorize devices.", no_args_is_help=True)
 pins_app = typer.Typer(help="Pins: which version a device or a tagged group runs.", no_args_is_help=True)
 enrollment_token_app = typer.Typer(help="Tokens that let devices enroll without approval.", no_args_is_help=True)
 
@@ -221,6 +221,22 @@ def devices_revoke(
     with connect(server, token) as client:
         client.post(f"/devices/{device_id}/revoke")
     out.print(f"revoked {device_id}: its credential no longer works")
+
+
+@devices_app.command("wake")
+def devices_wake(
+    device_id: str = typer.Argument(..., metavar="ID", help="The device."),
+    server: str | None = _SERVER,
+    token: str | None = _TOKEN,
+) -> None:
+    """Ask a device to check in now (over the server's MQTT broker); otherwise it checks in at its next poll."""
+    with connect(server, token) as client:
+        answer = client.post(f"/devices/{device_id}/wake")
+    detail = answer.get("detail", "") if isinstance(answer, dict) else ""
+    if isinstance(answer, dict) and answer.get("sent"):
+        out.print(f"woke {device_id}: {detail}")
+    else:
+        out.print(f"{device_id} not woken: {detail}")
 
 
 def _device_public_key(path: Path) -> str:

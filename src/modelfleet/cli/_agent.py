@@ -1,7 +1,8 @@
 """``modelfleet agent``: run the device agent, and show what it runs.
 
 The first ``agent run`` saves the server, the trusted bundle keys (``--trust``,
-``--threshold``), the tags and the enrollment token into ``DATA/agent.json``;
+``--threshold``), the tags, the enrollment token and the MQTT broker for wake-ups
+(``--mqtt``, optional) into ``DATA/agent.json``;
 later runs read them from there. Trust anchors never change silently: a
 different ``--trust`` set for an existing data directory is refused.
 """
@@ -46,6 +47,7 @@ def _config(
     tags: list[str],
     trust: list[Path],
     threshold: int | None,
+    mqtt: str | None = None,
 ) -> AgentConfig:
     """The saved configuration, updated by the options given; created on the first run."""
     saved = AgentConfig.load(data_dir)
@@ -65,6 +67,7 @@ def _config(
             threshold=threshold or 1,
             tags=_tags(tags),
             enroll_token=token,
+            mqtt_url=mqtt or None,
         )
         config.trusted()  # refuse a threshold above the keys before saving
         config.save(data_dir)
@@ -75,6 +78,15 @@ def _config(
     if identity is not None and identity != saved.device_id:
         msg = f"{data_dir} belongs to device {saved.device_id!r}, not {identity!r}"
         raise ConfigError(msg, code="identity_mismatch")
+    changes = _changes(server, token, tags, mqtt)
+    if changes:
+        saved = AgentConfig.model_validate({**saved.model_dump(), **changes})
+        saved.save(data_dir)
+    return saved
+
+
+def _changes(server: str | None, token: str | None, tags: list[str], mqtt: str | None) -> dict[str, object]:
+    """The saved settings the options given replace."""
     changes: dict[str, object] = {}
     if server is not None:
         changes["server"] = server
@@ -82,10 +94,9 @@ def _config(
         changes["enroll_token"] = token
     if tags:
         changes["tags"] = _tags(tags)
-    if changes:
-        saved = AgentConfig.model_validate({**saved.model_dump(), **changes})
-        saved.save(data_dir)
-    return saved
+    if mqtt is not None:
+        changes["mqtt_url"] = mqtt or None  # --mqtt "" turns wake-ups off
+    return changes
 
 
 @agent_app.command("run")
@@ -97,6 +108,9 @@ def run(
     tag: list[str] = typer.Option([], "--tag", help="key=value tag in the inventory; repeatable."),
     trust: list[Path] = typer.Option([], "--trust", help="Public key bundles must be signed by; repeatable."),
     threshold: int | None = typer.Option(None, "--threshold", min=1, help="Distinct trusted signatures needed."),
+    mqtt: str | None = typer.Option(
+        None, "--mqtt", help="MQTT broker for wake-ups, e.g. mqtt://127.0.0.1:1883 (saved; '' turns it off)."
+    ),
     once: bool = typer.Option(False, "--once", help="Run one step and exit (0 when it succeeded)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every step."),
 ) -> None:
@@ -104,7 +118,7 @@ def run(
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     data_dir = data_dir.absolute()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    config = _config(data_dir, server, enroll_token, identity, tag, trust, threshold)
+    config = _config(data_dir, server, enroll_token, identity, tag, trust, threshold, mqtt)
     with Agent(data_dir, config) as agent:
         if once:
             result = agent.step()

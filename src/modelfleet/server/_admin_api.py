@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import AwareDatetime
 
 from modelfleet.errors import BadDataError
@@ -29,6 +29,7 @@ from modelfleet.server._schemas import (
     TokenOut,
 )
 from modelfleet.server._state import State
+from modelfleet.server._wake import WakeOut, WakePublisher
 from modelfleet.store import (
     DeviceStatus,
     WindowAggregate,
@@ -116,6 +117,17 @@ def revoke(device_id: DeviceId, principal: Admin, state: State) -> DeviceOut:
         row = revoke_device(session, device_id, now)
         append_audit(session, at=now, actor=actor_of(principal), action="device.revoke", target=device_id)
         return DeviceOut.of(row)
+
+
+@admin_router.post("/devices/{device_id}/wake", response_model=WakeOut)
+def wake(device_id: DeviceId, principal: Admin, state: State, request: Request) -> WakeOut:
+    """Ask a device to check in now over MQTT (``sent`` is false without a reachable broker: it polls)."""
+    now = state.clock.now()
+    with state.transaction() as session:
+        find_device(session, device_id)
+        append_audit(session, at=now, actor=actor_of(principal), action="device.wake", target=device_id)
+    publisher: WakePublisher = request.app.state.wake
+    return publisher.wake(device_id)
 
 
 @admin_router.put("/devices/{device_id}/tags", response_model=DeviceOut, openapi_extra=request_body(DeviceTagsIn))

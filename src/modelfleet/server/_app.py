@@ -34,6 +34,7 @@ from modelfleet.server._ops import ops_router
 from modelfleet.server._registry_api import BODY_MODELS as REGISTRY_BODIES
 from modelfleet.server._registry_api import UPLOAD_PATH, registry_router
 from modelfleet.server._state import ServerState
+from modelfleet.server._wake import wake_publisher
 from modelfleet.store import BlobStore, FilesystemBlobStore, check_schema_current, make_engine, session_factory
 
 __all__ = ["create_app"]
@@ -79,6 +80,7 @@ def create_app(
         lifespan=_lifespan(state, owns_engine=engine is None),
     )
     app.state.server = state
+    app.state.wake = wake_publisher(config.mqtt_url)
     install_error_handlers(app)
     for router in (device_router, registry_router, admin_router, ops_router):
         app.include_router(router)
@@ -94,7 +96,7 @@ def _lifespan(state: ServerState, *, owns_engine: bool) -> Callable[[FastAPI], A
     """Refuse a database whose schema is not current; flush last-seen times while serving and once at shutdown."""
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:  # noqa: ARG001 - FastAPI's signature
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await asyncio.to_thread(check_schema_current, state.engine)
         flusher = asyncio.create_task(
             run_flusher(state.last_seen, state.engine, state.config.last_seen_flush_seconds, _counted(state))
@@ -106,6 +108,7 @@ def _lifespan(state: ServerState, *, owns_engine: bool) -> Callable[[FastAPI], A
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
             await _final_flush(state)
+            app.state.wake.close()
             if owns_engine:
                 state.engine.dispose()
 

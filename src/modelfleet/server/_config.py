@@ -39,6 +39,7 @@ class ServerConfig(BaseModel):
         max_body_bytes: largest JSON request body accepted.
         last_seen_flush_seconds: how often buffered last-seen times are written.
         enroll_skew_seconds: how far an enrollment's ``issued_at`` may be from the server clock.
+        mqtt_url: the MQTT broker wake-ups are published to (``mqtt://host:1883``); ``None`` sends none.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -54,6 +55,7 @@ class ServerConfig(BaseModel):
     max_body_bytes: int = Field(default=8 * _MIB, ge=1024)
     last_seen_flush_seconds: float = Field(default=30.0, gt=0, le=3600)
     enroll_skew_seconds: int = Field(default=600, ge=1, le=86_400)
+    mqtt_url: str | None = Field(default=None, pattern=r"^mqtts?://\S+$")
 
     def trusted(self) -> TrustedKeys:
         """Load the pinned bundle keys and threshold.

@@ -41,6 +41,8 @@ __all__ = [
     "ModelRow",
     "Pin",
     "Preauthorization",
+    "RolloutDecisionRow",
+    "RolloutRow",
     "SummaryRow",
     "UTCDateTime",
 ]
@@ -274,7 +276,11 @@ class EventRow(Base):
 
 
 class AuditEntry(Base):
-    """Who did what, when, to what (append-only; hash-chained in issue 5)."""
+    """Who did what, when, to what: append-only and hash-chained, so an edit or a gap shows.
+
+    ``hash`` is sha256 over the previous entry's hash and this entry's canonical
+    content; ``prev_hash`` is unique, so two writers cannot both extend the same tail.
+    """
 
     __tablename__ = "audit_log"
 
@@ -283,4 +289,53 @@ class AuditEntry(Base):
     actor: Mapped[str] = mapped_column(String(128))
     action: Mapped[str] = mapped_column(String(64), index=True)
     target: Mapped[str | None] = mapped_column(String(256))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    prev_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+
+
+class RolloutRow(Base):
+    """A staged rollout: its frozen spec and where its lifecycle stands (``modelfleet.rollout``).
+
+    ``revision`` grows with every transition; a decision is applied only to the
+    revision it was made on, so two reconcilers (or a restart) never decide twice.
+    """
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    model: Mapped[str] = mapped_column(ForeignKey("models.name"), index=True)
+    version: Mapped[str] = mapped_column(String(128))
+    baseline_version: Mapped[str | None] = mapped_column(String(128))
+    spec: Mapped[dict[str, Any]]
+    salt: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(32), index=True)
+    stage: Mapped[int] = mapped_column(Integer, default=-1)
+    resume_state: Mapped[str | None] = mapped_column(String(32))
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]
+    created_by: Mapped[str | None] = mapped_column(String(128))
+    started_at: Mapped[datetime | None]
+    stage_started_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime]
+    planned_devices: Mapped[int] = mapped_column(Integer, default=0)
+    last_evaluation: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class RolloutDecisionRow(Base):
+    """One transition of a rollout, with the numbers behind it; one per (rollout, revision)."""
+
+    __tablename__ = "rollout_decisions"
+    __table_args__ = (UniqueConstraint("rollout_id", "revision", name="uq_rollout_decisions_rollout_revision"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rollout_id: Mapped[str] = mapped_column(ForeignKey("rollouts.id"), index=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(128))
+    event: Mapped[str] = mapped_column(String(32))
+    from_state: Mapped[str] = mapped_column(String(32))
+    to_state: Mapped[str] = mapped_column(String(32))
+    stage: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(String(2048))
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)

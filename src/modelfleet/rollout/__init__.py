@@ -1,0 +1,81 @@
+"""Staged rollouts against a concurrent holdout, gated by always-valid statistics (shared/DESIGN.md §6–§8).
+
+- :mod:`spec <modelfleet.rollout._spec>`: the YAML/JSON rollout spec, frozen once started;
+- :mod:`cohort <modelfleet.rollout._cohort>`: sticky hashed cohorts;
+- :mod:`states <modelfleet.rollout._states>`: the lifecycle as one transition table;
+- :mod:`evaluate <modelfleet.rollout._evaluate>`: device-level gate evaluation;
+- :mod:`reconciler <modelfleet.rollout._reconciler>`: the server-clock loop and operators' commands;
+- :mod:`plan <modelfleet.rollout._plan>`: the power analysis a spec must pass before it starts.
+"""
+
+# ruff: noqa: RUF002 - the section signs above are the design document's
+
+from __future__ import annotations
+
+from modelfleet.rollout._cohort import BUCKETS, Cohort, assign, bucket, is_lab, treated_share
+from modelfleet.rollout._desired import governing_rollout, rollout_version
+from modelfleet.rollout._evaluate import (
+    DeviceValues,
+    GateResult,
+    StageEvaluation,
+    device_values,
+    evaluate_stage,
+    metric_value,
+)
+from modelfleet.rollout._plan import GatePlan, RolloutPlan, plan_rollout
+from modelfleet.rollout._reconciler import FAILURE_EVENTS, Decision, Reconciler, decide, new_rollout, run_command
+from modelfleet.rollout._spec import (
+    METRICS,
+    Gate,
+    HardTriggers,
+    LabStage,
+    Metric,
+    RolloutSpec,
+    Stage,
+    load_spec,
+    parse_duration,
+    parse_spec,
+)
+from modelfleet.rollout._states import ACTIVE, TERMINAL, Event, Position, RolloutState, transition
+
+__all__ = [
+    "ACTIVE",
+    "BUCKETS",
+    "FAILURE_EVENTS",
+    "METRICS",
+    "TERMINAL",
+    "Cohort",
+    "Decision",
+    "DeviceValues",
+    "Event",
+    "Gate",
+    "GatePlan",
+    "GateResult",
+    "HardTriggers",
+    "LabStage",
+    "Metric",
+    "Position",
+    "Reconciler",
+    "RolloutPlan",
+    "RolloutSpec",
+    "RolloutState",
+    "Stage",
+    "StageEvaluation",
+    "assign",
+    "bucket",
+    "decide",
+    "device_values",
+    "evaluate_stage",
+    "governing_rollout",
+    "is_lab",
+    "load_spec",
+    "metric_value",
+    "new_rollout",
+    "parse_duration",
+    "parse_spec",
+    "plan_rollout",
+    "rollout_version",
+    "run_command",
+    "transition",
+    "treated_share",
+]

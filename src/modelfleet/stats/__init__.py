@@ -15,11 +15,14 @@ injected ``numpy.random.Generator``. The unit of analysis is always the device.
   :func:`jensen_shannon_distance`, :func:`binned_ks_distance`, :func:`persistent_drift`,
   :func:`drift_share_by_group`;
 - label-free performance: :func:`estimated_accuracy`, :func:`prediction_mix_shift`;
-- simulation: :func:`simulate_rollouts`.
+- simulation: :func:`simulate_rollouts`; our gate against a fixed-horizon test, naive peeking
+  and a failure-threshold gate on the same runs: :func:`compare_gates`, :func:`fixed_horizon_devices`,
+  :func:`fixed_horizon_bounds`, :func:`threshold_gate_aborts`, :func:`clopper_pearson`.
 """
 
 from __future__ import annotations
 
+from modelfleet.stats._baselines import fixed_horizon_bounds, fixed_horizon_devices, threshold_gate_aborts
 from modelfleet.stats._compare import (
     Estimate,
     RatioEstimate,
@@ -27,6 +30,13 @@ from modelfleet.stats._compare import (
     difference_in_means,
     difference_in_proportions,
     ratio_of_means,
+)
+from modelfleet.stats._comparison import (
+    GateComparison,
+    GateOutcome,
+    ThresholdGate,
+    clopper_pearson,
+    compare_gates,
 )
 from modelfleet.stats._drift import (
     DEFAULT_SMOOTHING,
@@ -100,18 +110,23 @@ __all__ = [
     "Direction",
     "DriftShare",
     "Estimate",
+    "GateComparison",
     "GateEvaluation",
+    "GateOutcome",
     "PredictionMixShift",
     "RatioEstimate",
     "RolloutScenario",
     "RolloutSimulation",
     "SampleRatioCheck",
     "StagePlan",
+    "ThresholdGate",
     "always_valid_p_value",
     "benjamini_hochberg",
     "binned_ks_distance",
     "calibration_map",
+    "clopper_pearson",
     "cluster_robust_difference",
+    "compare_gates",
     "confidence_sequence",
     "confidence_sequence_path",
     "decision_codes",
@@ -121,6 +136,8 @@ __all__ = [
     "drift_share_by_group",
     "estimated_accuracy",
     "evaluate_gate",
+    "fixed_horizon_bounds",
+    "fixed_horizon_devices",
     "gate_decision",
     "holm",
     "jensen_shannon_distance",
@@ -137,4 +154,5 @@ __all__ = [
     "simulate_device_values",
     "simulate_rollouts",
     "split_alpha",
+    "threshold_gate_aborts",
 ]

@@ -70,13 +70,34 @@ class RolloutScenario:
         inverse_count = 1.0 if lam <= 0 else -math.expm1(-lam) / lam
         return math.sqrt(self.device_sd**2 + self.inference_sd**2 * inverse_count)
 
+    def control_mean(self) -> float:
+        """Return the fleet mean of a control device's value: the level a fixed threshold is set against.
+
+        For ``"binomial"`` that is E[expit(logit(baseline) + device_sd·Z)], above
+        ``baseline`` when devices differ, by 40-point Gauss–Hermite quadrature.
+        """
+        if self.metric == "normal":
+            return self.baseline
+        nodes, weights = np.polynomial.hermite_e.hermegauss(40)
+        logit = math.log(self.baseline / (1.0 - self.baseline))
+        rates = 1.0 / (1.0 + np.exp(-(logit + self.device_sd * nodes)))
+        return float(np.dot(weights, rates) / math.sqrt(2.0 * math.pi))
+
 
 def simulate_device_values(
-    rng: np.random.Generator, scenario: RolloutScenario, runs: int
+    rng: np.random.Generator, scenario: RolloutScenario, runs: int, *, treated: BoolArray | None = None
 ) -> tuple[FloatArray, BoolArray]:
-    """Draw device values and assignments, shape ``[runs, devices]``, in arrival order."""
+    """Draw device values and assignments, shape ``[runs, devices]``, in arrival order.
+
+    Given ``treated``, the values are drawn for that assignment instead (a second
+    metric of the same devices), and ``scenario.treatment_probability`` is unused.
+    """
     shape = (runs, scenario.devices)
-    treated = rng.random(shape) < check_probability(scenario.treatment_probability, "treatment_probability")
+    if treated is None:
+        treated = rng.random(shape) < check_probability(scenario.treatment_probability, "treatment_probability")
+    elif treated.shape != shape:
+        msg = f"treated has shape {treated.shape}, the scenario needs {shape}"
+        raise ValueError(msg)
     counts = 1.0 + rng.poisson(max(scenario.mean_inferences - 1.0, 0.0), shape)
     effect = rng.standard_normal(shape) * scenario.device_sd
     if scenario.metric == "normal":

@@ -26,6 +26,7 @@ from modelfleet.server._config import ServerConfig
 from modelfleet.server._desired import DesiredStateResolver, desired_state
 from modelfleet.server._device_api import BODY_MODELS as DEVICE_BODIES
 from modelfleet.server._device_api import device_router
+from modelfleet.server._drift_api import drift_router
 from modelfleet.server._errors import install_error_handlers
 from modelfleet.server._lastseen import LastSeenBuffer, run_flusher
 from modelfleet.server._limits import BodyLimit, NoNulInUrl
@@ -82,7 +83,7 @@ def create_app(
     app.state.server = state
     app.state.wake = wake_publisher(config.mqtt_url)
     install_error_handlers(app)
-    for router in (device_router, registry_router, admin_router, ops_router):
+    for router in (device_router, registry_router, admin_router, drift_router, ops_router):
         app.include_router(router)
     add_body_schemas(app, (*DEVICE_BODIES, *REGISTRY_BODIES, *ADMIN_BODIES))
     streamed = {("POST", UPLOAD_PATH): config.max_upload_bytes}

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from modelfleet.bundle import PublicKey, TrustedKeys
 from modelfleet.errors import ConfigError
+from modelfleet.server._retrain import DriftSettings
 from modelfleet.store import default_database_url
 
 __all__ = ["CONFIG_FILE", "ServerConfig", "load_server_config", "save_server_config"]
@@ -39,6 +40,7 @@ class ServerConfig(BaseModel):
         max_body_bytes: largest JSON request body accepted.
         last_seen_flush_seconds: how often buffered last-seen times are written.
         enroll_skew_seconds: how far an enrollment's ``issued_at`` may be from the server clock.
+        drift: the drift monitor's policy and where ``retrain.requested`` goes (webhook, command).
         mqtt_url: the MQTT broker wake-ups are published to (``mqtt://host:1883``); ``None`` sends none.
     """
 
@@ -55,6 +57,7 @@ class ServerConfig(BaseModel):
     max_body_bytes: int = Field(default=8 * _MIB, ge=1024)
     last_seen_flush_seconds: float = Field(default=30.0, gt=0, le=3600)
     enroll_skew_seconds: int = Field(default=600, ge=1, le=86_400)
+    drift: DriftSettings = Field(default_factory=DriftSettings)
     mqtt_url: str | None = Field(default=None, pattern=r"^mqtts?://\S+$")
 
     def trusted(self) -> TrustedKeys:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -19,6 +20,7 @@ from modelfleet.store import (
     make_engine,
     session_factory,
     upgrade,
+    write_transaction,
 )
 
 ROOT_CONFTEST = Path(__file__).parents[1] / "conftest.py"
@@ -105,6 +107,82 @@ def test_concurrent_sqlite_writers_wait_for_the_lock_instead_of_failing(tmp_path
         assert session.scalar(select(func.count()).select_from(ModelRow)) == 160
     engine.dispose()
     assert failures == []
+
+
+def test_a_sqlite_write_transaction_holds_the_write_lock_from_its_first_statement(tmp_path):
+    database = tmp_path / "immediate.db"
+    engine = make_engine(f"sqlite:///{database}")
+    check_connection(engine)
+    other = sqlite3.connect(database, timeout=0, isolation_level=None)
+    with write_transaction(engine) as connection:
+        connection.exec_driver_sql("SELECT 1")  # a read only: the lock is held all the same
+        with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+            other.execute("BEGIN IMMEDIATE")
+    other.execute("BEGIN IMMEDIATE")  # free again once the transaction ended
+    other.execute("ROLLBACK")
+    other.close()
+    engine.dispose()
+
+
+def test_sqlite_read_modify_write_in_write_transactions_loses_no_update(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'counter.db'}")
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE counter (n INTEGER NOT NULL)")
+        connection.exec_driver_sql("INSERT INTO counter VALUES (0)")
+    failures: list[BaseException] = []
+
+    def increment() -> None:
+        try:
+            for _ in range(25):
+                with write_transaction(engine) as connection:
+                    n = connection.exec_driver_sql("SELECT n FROM counter").scalar_one()
+                    connection.exec_driver_sql("UPDATE counter SET n = ?", (n + 1,))
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=increment) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT n FROM counter").scalar_one() == 200
+    engine.dispose()
+    assert failures == []
+
+
+def test_a_sqlite_lock_held_past_the_busy_timeout_is_a_retryable_busy_error(tmp_path):
+    database = tmp_path / "held.db"
+    engine = make_engine(f"sqlite:///{database}", busy_timeout_ms=50)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE t (n INTEGER)")
+    holder = sqlite3.connect(database, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    with pytest.raises(TransportError) as busy, write_transaction(engine) as connection:
+        connection.exec_driver_sql("INSERT INTO t VALUES (1)")
+    assert busy.value.code == "database_busy"
+    assert "retry" in busy.value.message
+    holder.execute("ROLLBACK")
+    with write_transaction(engine) as connection:
+        connection.exec_driver_sql("INSERT INTO t VALUES (2)")
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT n FROM t").scalars().all() == [2]
+    holder.close()
+    engine.dispose()
+
+
+def test_a_write_transaction_rolls_back_on_an_exception(engine):
+    def insert_then_fail() -> None:
+        with write_transaction(engine) as connection:
+            connection.execute(ModelRow.__table__.insert().values(name="rolled-back", created_at=T0))
+            raise RuntimeError("stop")
+
+    with pytest.raises(RuntimeError, match="stop"):
+        insert_then_fail()
+    with write_transaction(engine) as connection:
+        connection.execute(ModelRow.__table__.insert().values(name="kept", created_at=T0))
+    with engine.connect() as connection:
+        assert connection.execute(select(ModelRow.name)).scalars().all() == ["kept"]
 
 
 # --- both back ends -----------------------------------------------------------------------

@@ -22,7 +22,7 @@ from modelfleet.protocol import CheckinRequest, CheckinResponse
 from modelfleet.server._auth import accepted_device, bearer_token
 from modelfleet.server._body import parse_json, request_body
 from modelfleet.server._state import ServerState
-from modelfleet.store import DeviceRecord, record_report
+from modelfleet.store import DeviceRecord, record_report, write_transaction
 
 __all__ = ["CHECKIN_OPENAPI", "answer", "etag_matches", "handle_checkin", "report_hash"]
 
@@ -70,7 +70,7 @@ def _store_and_answer(
     state: ServerState, device: DeviceRecord, report: dict[str, Any], digest: str, if_none_match: str | None
 ) -> Response:
     """Write the changed report and answer from what the device reports now, in one transaction."""
-    with state.engine.begin() as connection:
+    with write_transaction(state.engine) as connection:
         installed = report["installed"]
         record_report(connection, device.id, inventory=report["inventory"], installed=installed, report_hash=digest)
         state.metrics.reports_stored.inc()

@@ -30,13 +30,18 @@ from modelfleet.server._enroll import enroll
 from modelfleet.server._errors import ErrorBody
 from modelfleet.server._guards import check_events, check_summaries
 from modelfleet.server._state import State
-from modelfleet.store import insert_events, insert_summaries
+from modelfleet.store import insert_events, insert_summaries, write_transaction
 
 __all__ = ["BODY_MODELS", "device_router"]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text}
-    for status, text in ((401, "no valid device credential"), (413, "body too large"), (422, "invalid body"))
+    for status, text in (
+        (401, "no valid device credential"),
+        (413, "body too large"),
+        (422, "invalid body"),
+        (503, "the database is busy or unreachable; retry after Retry-After seconds"),
+    )
 }
 Sha256 = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$", description="The bundle's sha256 (hex).")]
 EnrollBody = Annotated[EnrollRequest, Depends(json_body(EnrollRequest))]
@@ -105,7 +110,7 @@ async def artifact(
 def telemetry(device: CallingDevice, body: TelemetryBody, state: State) -> IngestResult:
     """Store a batch of window summaries; each summary id is stored once, resending is safe."""
     check_summaries(body)
-    with state.engine.begin() as connection:
+    with write_transaction(state.engine) as connection:
         accepted = insert_summaries(
             connection, device.id, body.summaries, cohort=device.tags.get("cohort"), now=state.clock.now()
         )
@@ -119,7 +124,7 @@ def telemetry(device: CallingDevice, body: TelemetryBody, state: State) -> Inges
 def events(device: CallingDevice, body: EventBody, state: State) -> IngestResult:
     """Store a batch of device events; each event id is stored once, resending is safe."""
     check_events(body)
-    with state.engine.begin() as connection:
+    with write_transaction(state.engine) as connection:
         accepted = insert_events(connection, device.id, body.events, now=state.clock.now())
     result = IngestResult(accepted=accepted, duplicates=len(body.events) - accepted)
     state.metrics.events.labels("accepted").inc(result.accepted)

@@ -1,7 +1,9 @@
 """Every refusal as ``{"error": code, "message": text, "field": dotted.path | null}`` (ADR 0003).
 
 Domain errors map to a status by their class; validation errors name the first
-field that failed; unknown routes and methods get the same shape. Anything
+field that failed; unknown routes and methods get the same shape. A database
+that is busy (SQLite's write lock, an exhausted pool) or unreachable is a 503
+with ``Retry-After``: the request did nothing and may be sent again. Anything
 unexpected is logged and answered 500 without internals.
 """
 
@@ -15,6 +17,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException
 
 from modelfleet.errors import (
@@ -25,9 +29,11 @@ from modelfleet.errors import (
     NotFoundError,
     PermissionDeniedError,
     TooLargeError,
+    TransportError,
 )
+from modelfleet.store import sqlite_busy
 
-__all__ = ["ApiError", "ErrorBody", "error_response", "install_error_handlers"]
+__all__ = ["RETRY_AFTER_SECONDS", "ApiError", "ErrorBody", "error_response", "install_error_handlers"]
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +44,9 @@ _STATUS: tuple[tuple[type[ModelfleetError], int], ...] = (
     (ConflictError, 409),
     (TooLargeError, 413),
     (BadDataError, 422),
+    (TransportError, 503),
 )
+RETRY_AFTER_SECONDS = 1
 _HTTP_CODES = {
     400: "bad_request",
     401: "unauthenticated",
@@ -125,8 +133,23 @@ async def _domain(request: Request, exc: Exception) -> JSONResponse:
     if status == 500:  # noqa: PLR2004 - the one status that means our fault
         log.error("%s %s failed: %s [%s]", request.method, request.url.path, exc.message, exc.code)
         return error_response(500, "internal", "the server failed; see its log")
+    if status == 503:  # noqa: PLR2004 - HTTP status
+        log.warning("%s %s: %s [%s]", request.method, request.url.path, exc.message, exc.code)
+        return _unavailable(exc.code, exc.message)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None  # noqa: PLR2004 - HTTP status
     return error_response(status, exc.code, exc.message, headers=headers)
+
+
+def _unavailable(code: str, message: str) -> JSONResponse:
+    return error_response(503, code, message, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+async def _database(request: Request, exc: Exception) -> JSONResponse:
+    """A lock SQLite could not get in time, or no pooled connection free: busy, not broken."""
+    if isinstance(exc, PoolTimeoutError) or sqlite_busy(exc):
+        log.warning("%s %s: the database is busy: %s", request.method, request.url.path, exc)
+        return _unavailable("database_busy", "the database is busy; retry later")
+    return await _unexpected(request, exc)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -140,4 +163,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, _http)
     app.add_exception_handler(ApiError, _api)
     app.add_exception_handler(ModelfleetError, _domain)
+    app.add_exception_handler(OperationalError, _database)
+    app.add_exception_handler(PoolTimeoutError, _database)
     app.add_exception_handler(Exception, _unexpected)

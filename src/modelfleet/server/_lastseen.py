@@ -2,8 +2,9 @@
 
 goosebit writes ``last_seen`` on every poll, which makes every poll a write;
 here a check-in only updates a dict, and a background task writes the newest
-time per device in one executemany every ``last_seen_flush_seconds`` (and once
-more on shutdown).
+time per device with executemany every ``last_seen_flush_seconds`` (and once
+more on shutdown), ``FLUSH_CHUNK`` devices per transaction, so the write lock
+is never held long enough to stall telemetry.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from datetime import datetime
 
 from sqlalchemy import Engine
 
-from modelfleet.store import flush_last_seen
+from modelfleet.store import flush_last_seen, write_transaction
 
-__all__ = ["LastSeenBuffer", "run_flusher"]
+__all__ = ["FLUSH_CHUNK", "LastSeenBuffer", "run_flusher"]
+
+FLUSH_CHUNK = 2000
 
 log = logging.getLogger(__name__)
 
@@ -41,21 +44,23 @@ class LastSeenBuffer:
             return len(self._seen)
 
     def flush(self, engine: Engine) -> int:
-        """Write every buffered time in one transaction; return how many devices were written.
+        """Write every buffered time, ``FLUSH_CHUNK`` per transaction; return how many devices were written.
 
-        On failure the times go back into the buffer (unless a newer one arrived meanwhile).
+        On failure the unwritten times go back into the buffer (unless a newer one arrived meanwhile).
         """
         with self._lock:
             batch, self._seen = self._seen, {}
-        if not batch:
-            return 0
+        items = list(batch.items())
+        written = 0
         try:
-            with engine.begin() as connection:
-                return flush_last_seen(connection, batch)
+            for start in range(0, len(items), FLUSH_CHUNK):
+                with write_transaction(engine) as connection:
+                    written += flush_last_seen(connection, dict(items[start : start + FLUSH_CHUNK]))
         except BaseException:
             with self._lock:
-                self._seen = batch | self._seen
+                self._seen = dict(items[written:]) | self._seen
             raise
+        return written
 
 
 async def run_flusher(

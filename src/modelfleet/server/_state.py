@@ -18,7 +18,7 @@ from modelfleet.server._config import ServerConfig
 from modelfleet.server._desired import DesiredStateResolver
 from modelfleet.server._lastseen import LastSeenBuffer
 from modelfleet.server._metrics import Metrics
-from modelfleet.store import BlobStore
+from modelfleet.store import BlobStore, write_transaction
 
 __all__ = ["ServerState", "State", "server_state"]
 
@@ -40,9 +40,13 @@ class ServerState:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        """A session whose work commits when the block ends without an exception."""
-        with self.sessions.begin() as session:
+        """A session whose work commits when the block ends without an exception (a write transaction)."""
+        with (
+            write_transaction(self.engine) as connection,
+            self.sessions(bind=connection, join_transaction_mode="rollback_only") as session,
+        ):
             yield session
+            session.flush()
 
 
 async def server_state(request: Request) -> ServerState:

@@ -1,10 +1,13 @@
 """Engines and sessions for SQLite (embedded default) and PostgreSQL (scale-out).
 
 SQLite connections run in WAL mode with ``synchronous=NORMAL``, foreign keys
-enforced and a busy timeout, set on every new connection. Transactions keep the
-driver's behaviour: a transaction begins at the first write, so reads before it
-see the latest committed data (as PostgreSQL's default READ COMMITTED does) and
-concurrent writers wait for the lock instead of failing. Savepoints begin the
+enforced and a busy timeout, set on every new connection. Reads keep the
+driver's behaviour (no transaction until the first write, so each read sees the
+latest committed data, as PostgreSQL's READ COMMITTED does). Writes go through
+:func:`write_transaction`: on SQLite it takes the write lock at ``BEGIN
+IMMEDIATE``, after the process's other writers, so a transaction never has to
+upgrade a read lock (which SQLite refuses at once with "database is locked")
+and writers do not starve each other polling the lock. Savepoints begin the
 transaction first, so ``Session.begin_nested()`` rolls back what it should.
 """
 
@@ -12,13 +15,17 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
+import weakref
 from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event, make_url, text
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
@@ -31,6 +38,8 @@ __all__ = [
     "make_engine",
     "redact_url",
     "session_factory",
+    "sqlite_busy",
+    "write_transaction",
 ]
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
@@ -39,6 +48,19 @@ _POSTGRES_DRIVERS = {"postgresql", "postgres"}
 # psycopg reports connection failures without a SQLSTATE, so the server's message decides there.
 _NOT_TRANSIENT_SQLSTATE = re.compile(r"28...|3D000")
 _NOT_TRANSIENT_MESSAGE = re.compile(r"does not exist|authentication failed|no pg_hba\.conf entry|permission denied")
+_SQLITE_BUSY_MESSAGE = re.compile(r"database( table)? is locked|database is busy")
+
+
+@dataclass(frozen=True, slots=True)
+class _Writers:
+    """A SQLite engine's writers queue on ``turn``, so at most one of them at a time polls SQLite's lock."""
+
+    turn: threading.Lock
+    timeout_s: float
+
+
+_WRITERS: weakref.WeakKeyDictionary[Engine, _Writers] = weakref.WeakKeyDictionary()
+_WRITERS_GUARD = threading.Lock()
 
 
 def redact_url(url: str | URL) -> str:
@@ -60,11 +82,19 @@ def default_database_url(data_dir: Path) -> str:
     return f"sqlite:///{(data_dir / 'modelfleet.db').absolute()}"
 
 
-def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20, connect_timeout: int = 10) -> Engine:
+def make_engine(
+    url: str,
+    *,
+    pool_size: int = 10,
+    max_overflow: int = 20,
+    connect_timeout: int = 10,
+    busy_timeout_ms: int = SQLITE_BUSY_TIMEOUT_MS,
+) -> Engine:
     """Create an engine for any SQLAlchemy URL, tuned for SQLite or PostgreSQL.
 
     ``postgresql://`` (and ``postgres://``) URLs use psycopg 3. No connection is
     made here; :func:`check_connection` or the first query makes one.
+    ``busy_timeout_ms`` bounds how long a SQLite writer waits for the write lock.
 
     Raises:
         ConfigError: the URL cannot be parsed, names an unknown dialect or driver,
@@ -73,7 +103,7 @@ def make_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20, connec
     parsed = _parse(url)
     try:
         if parsed.get_backend_name() == "sqlite":
-            return _sqlite_engine(parsed, pool_size=pool_size, max_overflow=max_overflow)
+            return _sqlite_engine(parsed, pool_size=pool_size, max_overflow=max_overflow, busy_ms=busy_timeout_ms)
         return _server_engine(parsed, pool_size=pool_size, max_overflow=max_overflow, timeout=connect_timeout)
     except (ArgumentError, NoSuchModuleError, ImportError) as exc:
         msg = f"cannot use the database URL {redact_url(parsed)}: {exc}"
@@ -100,6 +130,59 @@ def connect(engine: Engine) -> Iterator[Connection]:
         raise _connect_error(engine, exc) from exc
     with connection:
         yield connection
+
+
+@contextlib.contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """A transaction that writes, committed when the block ends without an exception.
+
+    On SQLite the process's writers take turns (waiting at most the busy timeout
+    for their turn), and each turn starts with ``BEGIN IMMEDIATE``, which waits up
+    to the busy timeout for the other processes' writers; other back ends just begin.
+
+    Raises:
+        TransportError: on SQLite, the write lock stayed taken for the whole busy
+            timeout (``database_busy``); nothing was written and retrying may help.
+    """
+    if engine.dialect.name != "sqlite":
+        with engine.begin() as connection:
+            yield connection
+        return
+    writers = _writers(engine)
+    if not writers.turn.acquire(timeout=writers.timeout_s):
+        raise _busy_error(engine, writers.timeout_s)
+    try:
+        with engine.begin() as connection:
+            try:
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+            except OperationalError as exc:
+                if sqlite_busy(exc):
+                    raise _busy_error(engine, writers.timeout_s) from exc
+                raise
+            yield connection
+    finally:
+        writers.turn.release()
+
+
+def sqlite_busy(error: BaseException) -> bool:
+    """Whether ``error`` is SQLite saying another connection holds the lock it needs (SQLITE_BUSY/LOCKED)."""
+    if not isinstance(error, OperationalError):
+        return False
+    return _SQLITE_BUSY_MESSAGE.search(str(error.orig)) is not None
+
+
+def _writers(engine: Engine, busy_ms: int = SQLITE_BUSY_TIMEOUT_MS) -> _Writers:
+    """The writer queue of a SQLite engine (made on first use for engines not made by :func:`make_engine`)."""
+    with _WRITERS_GUARD:
+        writers = _WRITERS.get(engine)
+        if writers is None:
+            writers = _WRITERS[engine] = _Writers(threading.Lock(), busy_ms / 1000)
+        return writers
+
+
+def _busy_error(engine: Engine, seconds: float) -> TransportError:
+    msg = f"the database {redact_url(engine.url)} stayed locked by other writers for {seconds:g} s; retry later"
+    return TransportError(msg, code="database_busy")
 
 
 def check_connection(engine: Engine) -> None:
@@ -135,16 +218,19 @@ def _server_engine(url: URL, *, pool_size: int, max_overflow: int, timeout: int)
     )
 
 
-def _sqlite_engine(url: URL, *, pool_size: int, max_overflow: int) -> Engine:
+def _sqlite_engine(url: URL, *, pool_size: int, max_overflow: int, busy_ms: int) -> Engine:
     """Create a SQLite engine with the connection settings every connection needs."""
     path = _sqlite_file(url)
+    connect_args: dict[str, Any] = {"timeout": busy_ms / 1000}
     if path is None:
         # One shared connection: a private in-memory database per thread would look empty to the others.
-        engine = create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
+        connect_args["check_same_thread"] = False
+        engine = create_engine(url, poolclass=StaticPool, connect_args=connect_args)
     else:
         _create_parent(path, url)
-        engine = create_engine(url, pool_size=pool_size, max_overflow=max_overflow)
-    event.listen(engine, "connect", _configure_sqlite_connection)
+        engine = create_engine(url, pool_size=pool_size, max_overflow=max_overflow, connect_args=connect_args)
+    _writers(engine, busy_ms)
+    event.listen(engine, "connect", partial(_configure_sqlite_connection, busy_ms=busy_ms))
     event.listen(engine, "savepoint", _begin_before_first_savepoint)
     return engine
 
@@ -166,14 +252,14 @@ def _create_parent(path: Path, url: URL) -> None:
         raise ConfigError(msg, code="bad_database_url") from exc
 
 
-def _configure_sqlite_connection(dbapi_connection: Any, connection_record: object) -> None:  # noqa: ANN401, ARG001 - DBAPI connections are untyped
+def _configure_sqlite_connection(dbapi_connection: Any, connection_record: object, *, busy_ms: int) -> None:  # noqa: ANN401, ARG001 - DBAPI connections are untyped
     """Apply the journal, durability, integrity and locking settings to a new SQLite connection."""
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
     finally:
         cursor.close()
 

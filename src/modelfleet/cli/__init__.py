@@ -16,6 +16,7 @@ from modelfleet.cli._admin import devices_app, enrollment_token_app, pin, pins_a
 from modelfleet.cli._agent import agent_app
 from modelfleet.cli._bundle import bundle_app
 from modelfleet.cli._console import run_guarded
+from modelfleet.cli._db import db_app
 from modelfleet.cli._demo import demo
 from modelfleet.cli._keys import keys_app
 from modelfleet.cli._server import server_app
@@ -33,6 +34,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(bundle_app, name="bundle")
 app.command("demo")(demo)
 app.add_typer(server_app, name="server")
+app.add_typer(db_app, name="db")
 app.add_typer(token_app, name="token")
 app.command("push")(push)
 app.add_typer(devices_app, name="devices")

@@ -22,6 +22,7 @@ first), and returns a :class:`FleetDrift`; the caller reads the store and acts.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -443,39 +444,52 @@ def _last_windows(device: DeviceWindows, k: int) -> list[WindowCounts | None]:
     return [None] * (k - len(chosen)) + chosen
 
 
-def _column_counts(window: WindowCounts, column: int, features: int) -> Sequence[int]:
-    return window.confidence_counts if column == features else window.feature_counts[column]
+def _fill(live: NDArray[np.float64], fits: NDArray[np.bool_], window: WindowCounts, lengths: Sequence[int]) -> None:
+    """Copy one window's counts into its row of ``live``; mark which columns fit the reference's bins."""
+    columns = [*window.feature_counts, window.confidence_counts]
+    if [len(c) for c in columns] == list(lengths):  # the usual case: one copy of the whole row
+        live[:] = np.fromiter(itertools.chain.from_iterable(columns), dtype=np.float64, count=live.size)
+        fits[:] = True
+        return
+    offset = 0
+    confidence = len(lengths) - 1
+    for index, bins in enumerate(lengths):
+        counts = window.confidence_counts if index == confidence else _feature(window, index)
+        if counts is not None and len(counts) == bins:
+            live[offset : offset + bins] = counts
+            fits[index] = True
+        offset += bins
 
 
-def _score_column(
+def _feature(window: WindowCounts, index: int) -> Sequence[int] | None:
+    return window.feature_counts[index] if index < len(window.feature_counts) else None
+
+
+def _score_grid(
     metric: Callable[[ArrayLike, ArrayLike], NDArray[np.float64]],
-    reference: Sequence[int],
+    references: Sequence[Sequence[int]],
     grid: Sequence[Sequence[WindowCounts | None]],
-    *,
-    column: int,
-    features: int,
     scored: NDArray[np.bool_],
 ) -> NDArray[np.float64]:
-    """Scores ``[devices, K]`` of one feature; NaN where unscored or the counts do not fit the reference."""
-    bins = len(reference)
+    """Scores ``[devices, K, columns]``; NaN where unscored, empty, or the counts do not fit the reference."""
+    lengths = [len(r) for r in references]
+    offsets = np.concatenate(([0], np.cumsum(lengths)))
     devices, k = scored.shape
-    live = np.zeros((devices, k, bins), dtype=np.float64)
-    fits = np.zeros((devices, k), dtype=np.bool_)
+    live = np.zeros((devices, k, int(offsets[-1])), dtype=np.float64)
+    fits = np.zeros((devices, k, len(lengths)), dtype=np.bool_)
     for d, row in enumerate(grid):
         for w, window in enumerate(row):
-            if window is None or not scored[d, w]:
-                continue
-            if column < features and column >= len(window.feature_counts):
-                continue
-            counts = _column_counts(window, column, features)
-            if len(counts) == bins and sum(counts) > 0:
-                live[d, w] = counts
-                fits[d, w] = True
-    if sum(reference) == 0 or not fits.any():
-        return np.full((devices, k), np.nan)
-    with np.errstate(all="ignore"):
-        values = metric(np.asarray(reference, dtype=np.float64), live.reshape(devices * k, bins))
-    return np.where(fits, values.reshape(devices, k), np.nan)
+            if window is not None and scored[d, w]:
+                _fill(live[d, w], fits[d, w], window, lengths)
+    scores = np.full((devices, k, len(lengths)), np.nan)
+    for c, reference in enumerate(references):
+        if sum(reference) == 0 or not fits[..., c].any():
+            continue
+        block = live[..., offsets[c] : offsets[c + 1]].reshape(devices * k, lengths[c])
+        with np.errstate(all="ignore"):  # an empty live histogram scores NaN, which is what "not scored" means
+            values = metric(np.asarray(reference, dtype=np.float64), block).reshape(devices, k)
+        scores[..., c] = np.where(fits[..., c], values, np.nan)
+    return scores
 
 
 def _group(device: DeviceWindows, group_by: str | None) -> str:
@@ -504,17 +518,12 @@ def evaluate_drift(
     policy = policy or DriftPolicy()
     k = policy.windows
     names = feature_names(references)
-    features = len(references.features)
     refs: list[Sequence[int]] = [*(h.counts for h in references.features), references.confidence.counts]
     grid = [_last_windows(device, k) for device in devices]
     scored = np.array(
         [[w is not None and w.n >= policy.min_inferences for w in row] for row in grid], dtype=np.bool_
     ).reshape(len(devices), k)
-    metric = _METRICS[policy.metric]
-    scores = np.stack(
-        [_score_column(metric, refs[c], grid, column=c, features=features, scored=scored) for c in range(len(names))],
-        axis=-1,
-    ).reshape(len(devices), k, len(names))
+    scores = _score_grid(_METRICS[policy.metric], refs, grid, scored)
     persistent = (
         persistent_drift(np.moveaxis(scores, 1, -1), policy.limit, k)[..., -1]
         if devices

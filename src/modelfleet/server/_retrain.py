@@ -10,8 +10,11 @@ stopped; on PostgreSQL the claim is serialized per version by an advisory lock.
 
 The event goes to a webhook (JSON POST, HMAC-SHA256 signed, retried with
 exponential backoff and full jitter up to a bound) and/or a command (event JSON
-on stdin, bounded time). A request whose every delivery failed is recorded as
-``retrain.delivery_failed``, which re-arms it, so the next run tries again.
+on stdin, bounded time). The outcome is recorded as ``retrain.delivered``, or,
+when every delivery failed, as ``retrain.delivery_failed``, which re-arms the
+trigger so the next run requests again. Delivery happens after the request is
+committed: a process that dies in between leaves a request without an outcome
+(at most once, never twice).
 """
 
 from __future__ import annotations

@@ -309,14 +309,17 @@ def test_pushing_the_same_bytes_again_answers_the_stored_version(server, pushed)
 def test_push_refuses_other_bytes_under_a_stored_version_with_the_servers_code(server, pushed):
     result = server.admin("push", str(pushed["1.0.0-other-bytes"]), "--no-progress")
     assert result.returncode == 1
-    assert result.stderr.startswith("REFUSED")
+    assert result.stderr.startswith(f"REFUSED the server refused {pushed['1.0.0-other-bytes']}: ")
+    assert "1.0.0" in result.stderr
     assert "[version_exists]" in result.stderr
 
 
 def test_push_refuses_a_bundle_not_signed_by_a_trusted_key(server, pushed):
     result = server.admin("push", str(pushed["untrusted"]), "--no-progress")
     assert result.returncode == 1
-    assert result.stderr.startswith("REFUSED")
+    assert result.stderr.startswith(f"REFUSED the server refused {pushed['untrusted']}: ")
+    assert "not among the trusted keys" in result.stderr
+    assert "this device" not in result.stderr
     assert "[unknown_key]" in result.stderr
 
 

@@ -288,7 +288,7 @@ def _refusal(tally: _Tally, threshold: int) -> SignatureError:
         return SignatureError(f"a key signed more than once and is counted once: {need}", code="duplicate_signature")
     if not tally.good:
         keys = ", ".join(k[:16] for k in tally.unknown)
-        return SignatureError(f"signed only by keys this device does not trust: {keys}", code="unknown_key")
+        return SignatureError(f"signed only by keys that are not among the trusted keys: {keys}", code="unknown_key")
     return SignatureError(f"below threshold: {need}", code="below_threshold")
 
 

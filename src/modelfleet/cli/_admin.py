@@ -130,7 +130,7 @@ def push(
         except TransportError:
             raise
         except ModelfleetError as refusal:
-            err.print(f"[bold red]REFUSED[/] {bundle}: {refusal.message} [dim]\\[{refusal.code}][/]")
+            err.print(f"[bold red]REFUSED[/] the server refused {bundle}: {refusal.message} [dim]\\[{refusal.code}][/]")
             raise typer.Exit(EXIT_REFUSED) from None
     if as_json:
         _print_json(stored)

@@ -33,7 +33,26 @@ ADMIN_ROUTES = [
     ("POST", "/v1/admin/enrollment-tokens", ADMIN, {"max_uses": 2}),
     ("POST", "/v1/admin/devices/{device_id}/approve", ADMIN, None),
     ("POST", "/v1/admin/devices/{device_id}/revoke", ADMIN, None),
+    ("POST", "/v1/admin/devices/{device_id}/wake", ADMIN, None),
+    ("GET", "/v1/admin/models/{name}/versions/{version}/drift", VIEWER, None),
+    ("GET", "/v1/admin/rollouts", VIEWER, None),
+    ("GET", "/v1/admin/rollouts/{rollout_id}", VIEWER, None),
+    ("POST", "/v1/admin/rollouts/plan", VIEWER, "spec"),
+    ("POST", "/v1/admin/rollouts", ADMIN, "spec"),
+    ("POST", "/v1/admin/rollouts/{rollout_id}/approve", RELEASE, None),
+    ("POST", "/v1/admin/rollouts/{rollout_id}/pause", ADMIN, None),
+    ("POST", "/v1/admin/rollouts/{rollout_id}/resume", ADMIN, None),
+    ("POST", "/v1/admin/rollouts/{rollout_id}/abort", ADMIN, None),
+    ("POST", "/v1/admin/rollouts/{rollout_id}/rollback", ADMIN, None),
+    ("POST", "/v1/admin/rollouts/reconcile", ADMIN, None),
 ]
+SPEC = {
+    "model": "digits",
+    "version": "1.1.0",
+    "stages": [{"percent": 100}],
+    "gates": [{"metric": "error_rate", "margin": 0.01}],
+    "planning": {"device_sd": {"error_rate": 0.01}},
+}
 DEVICE_ROUTES = [
     ("POST", "/v1/devices/checkin", "checkin"),
     ("GET", "/v1/artifacts/{sha256}", None),
@@ -49,7 +68,10 @@ OPEN_ROUTES = {
     "/redoc",
     "/v1/devices/enroll",
 }
-IDS = {"model": "digits", "version": "1.0.0", "alias": "stable", "device_id": "dev-a", "pin_id": "1"}
+IDS = {
+    "model": "digits", "version": "1.0.0", "alias": "stable", "device_id": "dev-a", "pin_id": "1",
+    "rollout_id": "ro-0000000000", "name": "digits",
+}  # fmt: skip
 QUERY = {"/v1/admin/telemetry/windows": {"model": "digits"}}
 
 
@@ -72,6 +94,8 @@ class Scenario:
         if body == "bundle":
             content = self.fleet.bundles["1.2.0"].read_bytes()
             return self.fleet.client.request(method, path, content=content, headers=headers)
+        if body == "spec":
+            body = SPEC
         if body == "checkin":
             body = {"inventory": self.fleet.PROFILE.model_dump(mode="json"), "installed": []}
         return self.fleet.client.request(method, path, json=body, headers=headers, params=params)

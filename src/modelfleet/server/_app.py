@@ -19,8 +19,10 @@ from sqlalchemy import Engine
 
 from modelfleet import __version__
 from modelfleet.clock import Clock, SystemClock
+from modelfleet.rollout import Reconciler
 from modelfleet.server._admin_api import BODY_MODELS as ADMIN_BODIES
 from modelfleet.server._admin_api import admin_router
+from modelfleet.server._background import run_reconciler
 from modelfleet.server._body import add_body_schemas
 from modelfleet.server._config import ServerConfig
 from modelfleet.server._desired import DesiredStateResolver, desired_state
@@ -34,6 +36,9 @@ from modelfleet.server._metrics import Metrics, RequestMetrics
 from modelfleet.server._ops import ops_router
 from modelfleet.server._registry_api import BODY_MODELS as REGISTRY_BODIES
 from modelfleet.server._registry_api import UPLOAD_PATH, registry_router
+from modelfleet.server._rollout_api import BODY_MODELS as ROLLOUT_BODIES
+from modelfleet.server._rollout_api import rollout_router
+from modelfleet.server._rollout_desired import RolloutResolver
 from modelfleet.server._state import ServerState
 from modelfleet.server._wake import wake_publisher
 from modelfleet.store import BlobStore, FilesystemBlobStore, check_schema_current, make_engine, session_factory
@@ -71,7 +76,7 @@ def create_app(
         trusted=trusted,
         metrics=Metrics(),
         last_seen=LastSeenBuffer(),
-        resolver=resolver or desired_state,
+        resolver=resolver or RolloutResolver(desired_state, ttl_seconds=config.rollout_cache_seconds),
         upload_dir=config.data_dir / "uploads",
     )
     app = FastAPI(
@@ -81,11 +86,13 @@ def create_app(
         lifespan=_lifespan(state, owns_engine=engine is None),
     )
     app.state.server = state
+    app.state.reconciler = Reconciler(state.sessions, state.clock)
+    app.state.invalidate_rollouts = getattr(state.resolver, "invalidate", lambda: None)
     app.state.wake = wake_publisher(config.mqtt_url)
     install_error_handlers(app)
-    for router in (device_router, registry_router, admin_router, drift_router, ops_router):
+    for router in (device_router, registry_router, admin_router, rollout_router, drift_router, ops_router):
         app.include_router(router)
-    add_body_schemas(app, (*DEVICE_BODIES, *REGISTRY_BODIES, *ADMIN_BODIES))
+    add_body_schemas(app, (*DEVICE_BODIES, *REGISTRY_BODIES, *ADMIN_BODIES, *ROLLOUT_BODIES))
     streamed = {("POST", UPLOAD_PATH): config.max_upload_bytes}
     app.add_middleware(BodyLimit, max_body_bytes=config.max_body_bytes, streamed=streamed)
     app.add_middleware(NoNulInUrl)
@@ -102,12 +109,16 @@ def _lifespan(state: ServerState, *, owns_engine: bool) -> Callable[[FastAPI], A
         flusher = asyncio.create_task(
             run_flusher(state.last_seen, state.engine, state.config.last_seen_flush_seconds, _counted(state))
         )
+        looks = asyncio.create_task(
+            run_reconciler(app.state.reconciler, state.config.reconcile_seconds, app.state.invalidate_rollouts)
+        )
         try:
             yield
         finally:
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+            for task in (looks, flusher):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await _final_flush(state)
             app.state.wake.close()
             if owns_engine:

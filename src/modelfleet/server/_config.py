@@ -42,6 +42,8 @@ class ServerConfig(BaseModel):
         enroll_skew_seconds: how far an enrollment's ``issued_at`` may be from the server clock.
         drift: the drift monitor's policy and where ``retrain.requested`` goes (webhook, command).
         mqtt_url: the MQTT broker wake-ups are published to (``mqtt://host:1883``); ``None`` sends none.
+        reconcile_seconds: how often the reconciler looks at running rollouts.
+        rollout_cache_seconds: how long a process reuses its read of started rollouts for check-ins.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -59,6 +61,8 @@ class ServerConfig(BaseModel):
     enroll_skew_seconds: int = Field(default=600, ge=1, le=86_400)
     drift: DriftSettings = Field(default_factory=DriftSettings)
     mqtt_url: str | None = Field(default=None, pattern=r"^mqtts?://\S+$")
+    reconcile_seconds: float = Field(default=10.0, gt=0, le=3600)
+    rollout_cache_seconds: float = Field(default=1.0, ge=0, le=3600)
 
     def trusted(self) -> TrustedKeys:
         """Load the pinned bundle keys and threshold.

@@ -18,6 +18,7 @@ import pytest
 from sqlalchemy import select
 
 from modelfleet.bundle import parse_manifest
+from modelfleet.server import load_server_config, save_server_config
 from modelfleet.server._retrain import (
     SIGNATURE_HEADER,
     DriftSettings,
@@ -310,3 +311,23 @@ def test_the_admin_route_needs_a_token_and_a_known_version(fleet):
     assert fleet.client.get(path.format("9.9.9"), headers=fleet.admin("viewer")).status_code == 404
     empty = fleet.client.get(path.format("1.0.0"), headers=fleet.admin("viewer")).json()
     assert (empty["decision"]["devices"], empty["devices"]) == (0, [])
+
+
+def test_the_drift_settings_live_in_server_json(server_config):
+    drift = {
+        "policy": {"metric": "js", "windows": 4, "group_by": "line"},
+        "webhook_url": "https://trainer.example/hooks",
+        "webhook_secret": SECRET,
+        "command": ["retrain", "--from-stdin"],
+    }
+    configured = server_config.model_copy(update={"drift": DriftSettings.model_validate(drift)})
+    server_config.data_dir.mkdir(parents=True, exist_ok=True)
+    save_server_config(configured)
+    loaded = load_server_config(server_config.data_dir).drift
+    assert (loaded.policy.metric, loaded.policy.windows, loaded.policy.group_by) == ("js", 4, "line")
+    assert (loaded.webhook_url, loaded.webhook_secret, loaded.command) == (
+        drift["webhook_url"],
+        SECRET,
+        tuple(drift["command"]),
+    )
+    assert SECRET not in repr(loaded)

@@ -89,6 +89,8 @@ class DriftSettings(BaseModel):
     """How the server monitors drift and whom it tells (``drift`` in ``server.json``).
 
     Attributes:
+        enabled: whether the periodic job runs :func:`check_drift` (the admin route works either way).
+        check_seconds: how often the periodic job runs it.
         policy: when a device drifts and when the fleet needs retraining.
         lookback_seconds: only windows that started this recently are read.
         max_devices: at most this many devices per version are read per check.
@@ -105,6 +107,8 @@ class DriftSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    enabled: bool = True
+    check_seconds: float = Field(default=300.0, gt=0, le=86_400)
     policy: DriftPolicy = Field(default_factory=DriftPolicy)
     lookback_seconds: int = Field(default=3600, ge=60, le=30 * 86_400)
     max_devices: int = Field(default=10_000, ge=1, le=1_000_000)

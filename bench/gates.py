@@ -156,8 +156,10 @@ def device_sds(metric: Metric, holdout: float, rng: np.random.Generator) -> tupl
     return sds[0], sds[1]
 
 
-def summarise_outcome(outcome: GateOutcome, *, rate: float, canaries: int, horizon: int, bad: bool) -> dict[str, Any]:
-    """Return one procedure's numbers for one cell, in hours and device-hours."""
+def summarise_outcome(
+    outcome: GateOutcome, *, rate: float, canaries: int, horizon: int, planned: int, bad: bool
+) -> dict[str, Any]:
+    """Return one procedure's numbers for one cell, in hours and device-hours; ``planned`` is its own plan."""
     runs = len(outcome.decision)
     rolled = outcome.count("rollback")
     to_rollback = outcome.devices_to("rollback")
@@ -166,6 +168,8 @@ def summarise_outcome(outcome: GateOutcome, *, rate: float, canaries: int, horiz
     return {
         "rolled_back": rolled / runs,
         "rolled_back_ci95": list(clopper_pearson(rolled, runs)),
+        "rolled_back_by_plan": float(np.mean(to_rollback <= planned)),
+        "planned_hours": planned / rate,
         "promoted": outcome.rate("promote"),
         "undecided": outcome.rate("continue"),
         "median_hours_to_decision": float(np.median(hours_spent)),
@@ -212,7 +216,14 @@ def run_cell(
     )
     rate = options.arrival_rate_per_hour
     gates = {
-        name: summarise_outcome(outcome, rate=rate, canaries=canaries, horizon=horizon, bad=size > 0)
+        name: summarise_outcome(
+            outcome,
+            rate=rate,
+            canaries=canaries,
+            horizon=horizon,
+            planned=plan["sequential_devices" if name == "sequential" else "fixed_devices"],
+            bad=size > 0,
+        )
         for name, outcome in comparison.outcomes().items()
     }
     return {
@@ -237,7 +248,14 @@ def plan_metric(metric: Metric, alpha: float, options: Options, rng: np.random.G
         alpha=alpha,
         power=POWER,
     )
-    fixed = fixed_horizon_devices(metric.margin, plan.stream_sd, alpha=alpha, power=POWER)
+    fixed = fixed_horizon_devices(
+        margin=metric.margin,
+        device_sd=canary_sd,
+        control_sd=control_sd,
+        holdout_fraction=options.holdout,
+        alpha=alpha,
+        power=POWER,
+    )
     horizon = 2 * plan.devices_needed
     return {
         "canary_device_sd": canary_sd,
@@ -269,6 +287,7 @@ def summary_for(metric: Metric, alpha: float, plan: dict[str, Any], cells: list[
         },
         "false_rollback_at_most_alpha": aa["rolled_back"] <= alpha,
         "false_rollback_ci_lower_at_most_alpha": aa["rolled_back_ci95"][0] <= alpha,
+        "power_at_margin_by_plan": {name: gate["rolled_back_by_plan"] for name, gate in by_size[1.0].items()},
         "rollback_time_ratio_at_2x_margin": ratio,
         "rollback_time_ratio_goal": RATIO_GOAL,
         "rollback_time_ratio_met": ratio is not None and ratio <= RATIO_GOAL,
@@ -283,7 +302,7 @@ def table(results: dict[str, Any]) -> list[str]:
     lines = []
     plans = {(p["metric"], p["alpha"]): p for p in results["plans"]}
     header = (
-        f"{'Δ/margin':>8} {'gate':<14} {'rolled back':>11} {'promoted':>8} "
+        f"{'Δ/margin':>8} {'gate':<14} {'rolled back':>11} {'by plan':>8} {'promoted':>8} "
         f"{'med h→decision':>14} {'med h→rollback':>14} {'blast dev-h (mean)':>18}"
     )
     for cell in results["cells"]:
@@ -304,7 +323,8 @@ def table(results: dict[str, Any]) -> list[str]:
             to_rb = g["median_hours_to_rollback"]
             blast = g["blast_device_hours_mean"]
             lines.append(
-                f"{cell['regression_margins']:>8g} {name:<14} {g['rolled_back']:>11.2%} {g['promoted']:>8.2%} "
+                f"{cell['regression_margins']:>8g} {name:<14} {g['rolled_back']:>11.2%} "
+                f"{g['rolled_back_by_plan']:>8.2%} {g['promoted']:>8.2%} "
                 f"{g['median_hours_to_decision']:>14.2f} {'—' if to_rb is None else f'{to_rb:.2f}':>14} "
                 f"{'— (A/A)' if blast is None else f'{blast:,.0f}':>18}"
             )
@@ -321,6 +341,11 @@ def table(results: dict[str, Any]) -> list[str]:
             f"threshold {fr['threshold']['share']:.2%}; median time to roll back at 2x margin, ours / fixed horizon = "
             f"{'n/a' if ratio is None else f'{ratio:.3f}'} (goal <= {RATIO_GOAL}: "
             f"{'met' if s['rollback_time_ratio_met'] else 'NOT met'})"
+        )
+        power = s["power_at_margin_by_plan"]
+        lines.append(
+            f"  at the margin, rolled back within the planned duration: ours {power['sequential']:.2%} "
+            f"(plan {POWER:.0%}), fixed horizon {power['fixed_horizon']:.2%}"
         )
         if s["metric"] == "confidence":
             seen = ", ".join(

@@ -64,3 +64,17 @@ def test_impossible_inputs_are_refused(change):
     kwargs = {"margin": 0.2, "device_sd": 1.0, "holdout_fraction": 0.5, "arrival_rate_per_hour": 5} | change
     with pytest.raises(ValueError):  # noqa: PT011 - the message names whichever input is wrong
         plan_stage(**kwargs)
+
+
+def test_the_plan_uses_the_gates_variance_floor_when_the_large_arm_is_the_more_spread_out():
+    # 80% canaries, each twice as spread out as a holdout device: the pooled floor of ADR 0004 binds.
+    plan = plan_stage(margin=0.5, device_sd=2.0, control_sd=1.0, holdout_fraction=0.2, arrival_rate_per_hour=50)
+    efficient = math.sqrt(4 / 0.8 + 1 / 0.2)
+    floor = math.sqrt((0.8 * 4 + 0.2 * 1) / (0.8 * 0.2))
+    assert floor > efficient
+    assert plan.stream_sd == pytest.approx(floor)
+
+
+def test_the_floor_does_not_bind_when_the_small_arm_is_the_more_spread_out():
+    plan = plan_stage(margin=0.5, device_sd=1.0, control_sd=2.0, holdout_fraction=0.2, arrival_rate_per_hour=50)
+    assert plan.stream_sd == pytest.approx(math.sqrt(1 / 0.8 + 4 / 0.2))

@@ -10,9 +10,9 @@ as the sequential gate (:func:`modelfleet.stats.compare_gates`):
       n = ((z_power + z_{1−α})·σ_ψ / margin)²,
 
   the textbook normal power equation (Jennison & Turnbull 2000, ch. 2) with the
-  same σ_ψ = sqrt(σ₁²/p + σ₀²/(1 − p)) as :func:`modelfleet.stats.plan_stage`,
-  so the two plans differ only in z_{1−α} against the sequential b_α. Valid at
-  that one look, and only there.
+  efficient σ_ψ = sqrt(σ₁²/p + σ₀²/(1 − p)) that :func:`modelfleet.stats.plan_stage`
+  uses (before the gate's variance floor), so the two plans differ in z_{1−α}
+  against the sequential b_α. Valid at that one look, and only there.
 - **Naive peeking.** The same interval read at every look with the gate rule of
   :func:`modelfleet.stats.decision_codes`: what a reconciler gets from a
   fixed-horizon test re-evaluated every time it runs (Argo Rollouts' and
@@ -37,26 +37,41 @@ from numpy.typing import ArrayLike
 
 from modelfleet.stats._arrays import BoolArray, FloatArray, as_flags, as_values, check_alpha, check_probability
 from modelfleet.stats._gate import Direction, _sign
+from modelfleet.stats._power import _efficient_stream_sd
 from modelfleet.stats._scipy import ndtri
 from modelfleet.stats._sequential import DEFAULT_MIN_DEVICES_PER_ARM
 
 __all__ = ["fixed_horizon_bounds", "fixed_horizon_devices", "threshold_gate_aborts"]
 
 
-def fixed_horizon_devices(margin: float, stream_sd: float, *, alpha: float = 0.01, power: float = 0.9) -> int:
+def fixed_horizon_devices(
+    *,
+    margin: float,
+    device_sd: float,
+    holdout_fraction: float,
+    control_sd: float | None = None,
+    alpha: float = 0.01,
+    power: float = 0.9,
+) -> int:
     """Return the compared devices a single-look test needs to catch a degradation of ``margin`` with ``power``.
+
+    Takes the same device spreads as :func:`modelfleet.stats.plan_stage`; the
+    Welch interval has no variance floor, so it is planned on the efficient σ_ψ.
 
     Args:
         margin: the degradation to catch (> 0), in the metric's units.
-        stream_sd: σ_ψ per device, as :attr:`modelfleet.stats.StagePlan.stream_sd`.
+        device_sd: sd of one canary device's value.
+        holdout_fraction: share of compared devices that are holdout, in (0, 1).
+        control_sd: sd of a holdout device's value, if it differs from ``device_sd``.
         alpha: the one-sided level of the test.
         power: P(rollback at the look | Δ = −margin).
     """
-    if not 0.0 < margin < math.inf or not 0.0 < stream_sd < math.inf:
-        msg = "margin and stream_sd must be positive and finite"
+    if not 0.0 < margin < math.inf:
+        msg = "margin must be positive and finite"
         raise ValueError(msg)
+    sd = _efficient_stream_sd(device_sd, control_sd, check_probability(holdout_fraction, "holdout_fraction"))
     z = ndtri(check_probability(power, "power")) - ndtri(check_alpha(alpha))
-    return math.ceil((z * stream_sd / margin) ** 2)
+    return math.ceil((z * sd / margin) ** 2)
 
 
 def _arm_moments(values: FloatArray, arm: BoolArray) -> tuple[FloatArray, FloatArray, FloatArray]:

@@ -2,11 +2,15 @@
 
 The test is the sequential gate itself (:mod:`modelfleet.stats._sequential`),
 not a fixed-horizon z-test, so the plan already pays for continuous monitoring.
-With the ψ stream's standard deviation
+With the ψ stream's standard deviation as the gate estimates it,
 
-    σ_ψ = sqrt(σ₁²/p + σ₀²/(1 − p))      (p = canary share of compared devices)
+    σ_ψ² = max(σ₁²/p + σ₀²/(1 − p), (p·σ₁² + (1 − p)·σ₀²)/(p(1 − p)))      (p = canary share)
 
-the rollback bound at the planned size n is ψ̄_n + σ_ψ·u_α(n)/n, and with ρ tuned
+(the efficient AIPW variance, floored by the pooled within-arm variance as the
+gate floors σ̂²; the two agree when σ₁ = σ₀, and the floor binds when the
+larger arm is the more spread out one, e.g. a regressed error rate on 80 %
+canaries, where planning on the efficient variance alone gave 89 % power for a
+90 % plan), the rollback bound at the planned size n is ψ̄_n + σ_ψ·u_α(n)/n, and with ρ tuned
 at n, u_α(n)/sqrt(n) = b_α does not depend on n
 (:func:`modelfleet.stats._boundary.standardized_boundary_constant`; b_0.05 ≈ 2.77,
 b_0.01 ≈ 3.35 against z = 1.64, 2.33 at one look). Under Δ = −margin,
@@ -51,7 +55,7 @@ class StagePlan:
         reason: why the plan is or is not feasible, in words.
         minimum_detectable_effect: smallest degradation detected with the requested power by the
             devices the stage can reach (``devices_needed`` when unbounded).
-        stream_sd: σ_ψ, the per-device standard deviation of the sequential test's stream.
+        stream_sd: σ_ψ, the per-device standard deviation of the sequential test's stream (with the gate's floor).
         margin: the degradation the plan is powered for.
         alpha: the rollback error rate.
         power: the requested power.
@@ -72,14 +76,22 @@ class StagePlan:
     holdout_fraction: float
 
 
-def _stream_sd(device_sd: float, control_sd: float | None, holdout_fraction: float) -> float:
-    """Return σ_ψ = sqrt(σ₁²/p + σ₀²/(1 − p)), the efficient AIPW stream sd."""
+def _efficient_stream_sd(device_sd: float, control_sd: float | None, holdout_fraction: float) -> float:
+    """Return sqrt(σ₁²/p + σ₀²/(1 − p)), the efficient AIPW stream sd (and a difference in means' sd × sqrt(n))."""
     sd0 = device_sd if control_sd is None else control_sd
     if device_sd <= 0 or sd0 <= 0:
         msg = "device standard deviations must be positive"
         raise ValueError(msg)
     p = 1.0 - holdout_fraction
     return math.sqrt(device_sd**2 / p + sd0**2 / holdout_fraction)
+
+
+def _stream_sd(device_sd: float, control_sd: float | None, holdout_fraction: float) -> float:
+    """Return σ_ψ as the gate estimates it: the efficient sd, or the pooled floor when that is larger."""
+    sd0 = device_sd if control_sd is None else control_sd
+    p, h = 1.0 - holdout_fraction, holdout_fraction
+    floor = math.sqrt((p * device_sd**2 + h * sd0**2) / (p * h))
+    return max(_efficient_stream_sd(device_sd, control_sd, holdout_fraction), floor)
 
 
 def minimum_detectable_effect(devices: int, stream_sd: float, *, alpha: float, power: float) -> float:

@@ -33,7 +33,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from modelfleet.errors import BadDataError
 from modelfleet.stats import Direction
@@ -87,7 +96,9 @@ def parse_duration(value: object) -> timedelta:
     return duration
 
 
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+Duration = Annotated[
+    timedelta, BeforeValidator(parse_duration), PlainSerializer(lambda d: d.total_seconds(), return_type=float)
+]
 Role = Literal["admin", "release-manager"]
 _TAG = r"^[A-Za-z0-9_.-]{1,64}$"
 

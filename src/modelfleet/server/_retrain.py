@@ -25,6 +25,7 @@ import json
 import logging
 import random
 import subprocess
+import tempfile
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -279,18 +280,21 @@ class RetrainNotifier:
         return DeliveryResult("webhook", delivered=False, attempts=s.webhook_max_attempts, status=status, error=error)
 
     def _run(self, argv: Sequence[str], body: bytes) -> DeliveryResult:
+        """Run the command once; its stdout is discarded and only the tail of its stderr is kept."""
         timeout = self._settings.command_timeout_seconds
-        try:
-            done = subprocess.run(  # noqa: S603 - argv from the operator's config, no shell
-                list(argv), input=body, capture_output=True, timeout=timeout, check=False
-            )
-        except subprocess.TimeoutExpired:
-            return DeliveryResult("command", delivered=False, attempts=1, error=f"timed out after {timeout:g} s")
-        except OSError as exc:
-            return DeliveryResult("command", delivered=False, attempts=1, error=f"cannot run {argv[0]!r}: {exc}")
-        if done.returncode == 0:
-            return DeliveryResult("command", delivered=True, attempts=1, status=0)
-        tail = done.stderr[-_OUTPUT_TAIL:].decode("utf-8", "replace").strip()
+        with tempfile.TemporaryFile() as stderr:
+            try:
+                done = subprocess.run(  # noqa: S603 - argv from the operator's config, no shell
+                    list(argv), input=body, stdout=subprocess.DEVNULL, stderr=stderr, timeout=timeout, check=False
+                )
+            except subprocess.TimeoutExpired:
+                return DeliveryResult("command", delivered=False, attempts=1, error=f"timed out after {timeout:g} s")
+            except OSError as exc:
+                return DeliveryResult("command", delivered=False, attempts=1, error=f"cannot run {argv[0]!r}: {exc}")
+            if done.returncode == 0:
+                return DeliveryResult("command", delivered=True, attempts=1, status=0)
+            stderr.seek(max(0, stderr.tell() - _OUTPUT_TAIL))
+            tail = stderr.read().decode("utf-8", "replace").strip()
         error = f"exit status {done.returncode}" + (f": {tail}" if tail else "")
         return DeliveryResult("command", delivered=False, attempts=1, status=done.returncode, error=error)
 

@@ -156,6 +156,13 @@ def test_a_decision_on_a_stale_revision_is_not_applied(sim_fleet):
     assert [d[0] for d in decisions(fleet, rollout_id)] == ["start"]
 
 
+def look(reconciler, errors):
+    try:
+        reconciler.tick()
+    except Exception as exc:  # noqa: BLE001 - collected and asserted by the caller
+        errors.append(exc)
+
+
 def test_two_reconcilers_looking_at_once_decide_each_step_once(sim_fleet, engine):
     fleet = sim_fleet()
     fleet.effects.confidence = -0.06
@@ -164,15 +171,8 @@ def test_two_reconcilers_looking_at_once_decide_each_step_once(sim_fleet, engine
     for _ in range(8):
         fleet.follow_assignments()
         fleet.report_window()
-        errors = []
-
-        def look(reconciler):
-            try:
-                reconciler.tick()
-            except Exception as exc:  # noqa: BLE001 - collected and asserted below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=look, args=(r,)) for r in (fleet.reconciler, other)]
+        errors: list[Exception] = []
+        threads = [threading.Thread(target=look, args=(r, errors)) for r in (fleet.reconciler, other)]
         for thread in threads:
             thread.start()
         for thread in threads:

@@ -15,17 +15,16 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from modelfleet.agent import InstalledVersion, Predictor, RuntimeConfig
 from modelfleet.agent._modes import time_slice_choice
 from modelfleet.bundle import BuildOptions, SigningKey, TrustedKeys, ValidationSet, build_bundle, read_bundle
 from modelfleet.clock import ManualClock
-from modelfleet.errors import IncompatibleError, ModelfleetError
+from modelfleet.errors import ConfigError, IncompatibleError, ModelfleetError
 from modelfleet.sim import digits_mlp, tiny_cnn
+from modelfleet.sim.models import trap_classifier
 
 START = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 SLACK_S = 0.5  # scheduling slack on a busy 2-core machine
@@ -35,57 +34,6 @@ EVENT_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 # ------------------------------------------------------------------ bundles
-
-
-def trap_model(path, features=64, classes=10):
-    """A linear softmax classifier with the digits contract that spins above 100 and fails below -100."""
-    spin = helper.make_graph(
-        [helper.make_node("Identity", ["go"], ["go_on"]), helper.make_node("Identity", ["carried"], ["carried_on"])],
-        "spin",
-        [
-            helper.make_tensor_value_info("i", TensorProto.INT64, []),
-            helper.make_tensor_value_info("go", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("carried", TensorProto.FLOAT, []),
-        ],
-        [
-            helper.make_tensor_value_info("go_on", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("carried_on", TensorProto.FLOAT, []),
-        ],
-    )
-    nodes = [
-        helper.make_node("ReduceMax", ["X"], ["top"], keepdims=0),
-        helper.make_node("Sub", ["top", "hundred"], ["over"]),
-        helper.make_node("Relu", ["over"], ["excess"]),
-        helper.make_node("Mul", ["excess", "billion"], ["spins"]),
-        helper.make_node("Cast", ["spins"], ["trips"], to=TensorProto.INT64),
-        helper.make_node("Loop", ["trips", "yes", "zero"], ["spun"], body=spin),
-        helper.make_node("ReduceMin", ["X"], ["bottom"], keepdims=0),
-        helper.make_node("Neg", ["bottom"], ["negated"]),
-        helper.make_node("Relu", ["negated"], ["under"]),
-        helper.make_node("Cast", ["under"], ["index"], to=TensorProto.INT64),
-        helper.make_node("Gather", ["one_zero", "index"], ["poked"]),
-        helper.make_node("MatMul", ["X", "w"], ["product"]),
-        helper.make_node("Add", ["product", "spun"], ["shifted"]),
-        helper.make_node("Add", ["shifted", "poked"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
-    ]
-    constants = {
-        "hundred": np.array(100.0, np.float32),
-        "billion": np.array(1e9, np.float32),
-        "yes": np.ones((), dtype=bool),
-        "zero": np.array(0.0, np.float32),
-        "one_zero": np.zeros(1, np.float32),
-        "w": np.random.default_rng(1).standard_normal((features, classes)).astype(np.float32),
-    }
-    graph = helper.make_graph(
-        nodes,
-        "trap",
-        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, features])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, classes])],
-        [numpy_helper.from_array(value, name) for name, value in constants.items()],
-    )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -103,8 +51,8 @@ def installed(tmp_path_factory, digits):
     builds = {
         "1.0.0": (digits.path, digits, {}),
         "1.1.0": (digits_11.path, digits, {}),
-        "2.0.0": (trap_model(work / "trap-2.0.0.onnx"), digits, {"fallback_class": 7}),
-        "2.1.0": (trap_model(work / "trap-2.1.0.onnx"), digits, {}),
+        "2.0.0": (trap_classifier(work / "trap-2.0.0.onnx", batch=None).path, digits, {"fallback_class": 7}),
+        "2.1.0": (trap_classifier(work / "trap-2.1.0.onnx", batch=None).path, digits, {}),
         "cnn": (cnn.path, cnn, {}),
     }
     versions = {}
@@ -468,3 +416,50 @@ def test_without_any_fallback_the_caller_gets_a_clear_error_in_time(make):
     assert fallback.detail["answered_by"] == "nothing"
     summary = by_role(predictor.flush(final=True))["2.1.0", "active"]
     assert (summary.n, summary.timeouts, summary.fallbacks) == (1, 1, 1)
+
+
+# ------------------------------------------------------------------ inline isolation
+
+INLINE = RuntimeConfig(timeout_s=1.0, isolation="inline")
+
+
+def test_inline_answers_are_the_models_answers_and_are_counted(make, installed, digits):
+    predictor = make("1.0.0", config=INLINE)
+    x = digits.x_val[:25]
+
+    prediction = predictor.predict({"X": x})
+
+    np.testing.assert_array_equal(prediction.outputs["probabilities"], ort_scores(installed, "1.0.0", x))
+    assert (prediction.version, prediction.fallback, predictor._active.worker.pid) == ("1.0.0", False, None)
+    assert by_role(predictor.flush(final=True))["1.0.0", "active"].n == 25
+
+
+def test_inline_a_hung_model_is_terminated_and_gets_the_fallback_class(make, digits):
+    predictor = make("2.0.0", config=INLINE)
+
+    prediction = predictor.predict(HANGS)  # returns only because the watchdog terminated the run
+
+    assert (prediction.fallback, prediction.reason, prediction.top1.tolist()) == (True, "timeout", [7])
+    after = predictor.predict(digits.x_val[:1])  # the same session serves on
+    assert (after.fallback, after.version) == (False, "2.0.0")
+    summary = by_role(predictor.flush(final=True))["2.0.0", "active"]
+    assert (summary.n, summary.timeouts, summary.fallbacks) == (2, 1, 1)
+
+
+def test_inline_a_runtime_error_gets_a_fallback(make):
+    predictor = make("2.0.0", config=INLINE)
+
+    prediction = predictor.predict(RAISES)
+
+    assert (prediction.fallback, prediction.reason, prediction.top1.tolist()) == (True, "error", [7])
+    (event,) = predictor.drain_events()
+    assert "Gather" in event.reason
+
+
+def test_inline_needs_onnx_runtime(installed):
+    def other_runtime(config):
+        return object()
+
+    manifest, path = installed["1.0.0"]
+    with pytest.raises(ConfigError, match="inline"):
+        Predictor(manifest, path, config=INLINE, runtime=other_runtime)

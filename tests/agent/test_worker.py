@@ -16,14 +16,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from modelfleet.agent import RuntimeConfig
 from modelfleet.agent._worker import InferenceWorker
 from modelfleet.errors import ConfigError, IncompatibleError
+from modelfleet.sim.models import trap_classifier
 
 FEATURES, CLASSES = 8, 3
 SLACK_S = 0.5  # scheduling slack on a busy 2-core machine
@@ -32,62 +31,9 @@ HANGS = np.full((1, FEATURES), 1000.0, np.float32)
 RAISES = np.full((1, FEATURES), -1000.0, np.float32)
 
 
-def trap_model(path, features=FEATURES, classes=CLASSES):
-    """A linear softmax classifier that spins on inputs above 100 and fails on inputs below -100."""
-    spin = helper.make_graph(
-        [helper.make_node("Identity", ["go"], ["go_on"]), helper.make_node("Identity", ["carried"], ["carried_on"])],
-        "spin",
-        [
-            helper.make_tensor_value_info("i", TensorProto.INT64, []),
-            helper.make_tensor_value_info("go", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("carried", TensorProto.FLOAT, []),
-        ],
-        [
-            helper.make_tensor_value_info("go_on", TensorProto.BOOL, []),
-            helper.make_tensor_value_info("carried_on", TensorProto.FLOAT, []),
-        ],
-    )
-    nodes = [
-        helper.make_node("ReduceMax", ["X"], ["top"], keepdims=0),
-        helper.make_node("Sub", ["top", "hundred"], ["over"]),
-        helper.make_node("Relu", ["over"], ["excess"]),
-        helper.make_node("Mul", ["excess", "billion"], ["spins"]),
-        helper.make_node("Cast", ["spins"], ["trips"], to=TensorProto.INT64),
-        helper.make_node("Loop", ["trips", "yes", "zero"], ["spun"], body=spin),
-        helper.make_node("ReduceMin", ["X"], ["bottom"], keepdims=0),
-        helper.make_node("Neg", ["bottom"], ["negated"]),
-        helper.make_node("Relu", ["negated"], ["under"]),
-        helper.make_node("Cast", ["under"], ["index"], to=TensorProto.INT64),
-        helper.make_node("Gather", ["one_zero", "index"], ["poked"]),
-        helper.make_node("MatMul", ["X", "w"], ["product"]),
-        helper.make_node("Add", ["product", "spun"], ["shifted"]),
-        helper.make_node("Add", ["shifted", "poked"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
-    ]
-    constants = {
-        "hundred": np.array(100.0, np.float32),
-        "billion": np.array(1e9, np.float32),
-        "yes": np.ones((), dtype=bool),
-        "zero": np.array(0.0, np.float32),
-        "one_zero": np.zeros(1, np.float32),
-        "w": np.random.default_rng(1).standard_normal((features, classes)).astype(np.float32),
-    }
-    graph = helper.make_graph(
-        nodes,
-        "trap",
-        [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", features])],
-        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", classes])],
-        [numpy_helper.from_array(value, name) for name, value in constants.items()],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(model, full_check=True)
-    onnx.save(model, path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    return trap_model(tmp_path_factory.mktemp("trap") / "trap.onnx")
+    return trap_classifier(tmp_path_factory.mktemp("trap") / "trap.onnx", features=FEATURES, classes=CLASSES).path
 
 
 @pytest.fixture
@@ -230,7 +176,7 @@ def test_a_worker_that_died_while_idle_is_replaced_and_the_request_still_answere
 
 
 def test_a_worker_that_cannot_start_again_ends_in_a_crash_loop(make_worker, tmp_path, events):
-    path = trap_model(tmp_path / "vanishing.onnx")
+    path = trap_classifier(tmp_path / "vanishing.onnx", features=FEATURES, classes=CLASSES).path
     worker = make_worker(path, max_start_failures=2)
     path.unlink()  # the model is gone: every restart fails to load it
     os.kill(worker.pid, signal.SIGKILL)

@@ -2,22 +2,99 @@
 
 Applications call :class:`Predictor`; the agent collects its summaries and
 events into an :class:`Outbox` and forwards them when the link is up.
+
+Names load on first use (PEP 562), so ``import modelfleet.agent`` stays light: the
+agent loop, which holds no model while idle, never loads ONNX Runtime or numpy
+through this package, and an application pays only for what it uses. Modules:
+``_daemon`` (the loop, config, state), ``_client`` (device API), ``_download``
+(resumable bounded downloads), ``_install`` (the update engine over the table in
+``_update``, journaled by ``_journal``), ``_slots`` (versions and symlinks),
+``_health`` (the post-switch check), ``_predictor`` with ``_worker`` / ``_inline``
+(inference), ``_modes`` (shadow and time slice), ``_contract`` (input checks),
+``_events`` and ``_outbox`` (telemetry buffers), ``_identity`` (keys and
+credential), ``_wake`` (MQTT wake-ups), ``_runtime`` (the runtime interface).
 """
 
 from __future__ import annotations
 
-from modelfleet.agent._client import ClientTimeouts, ClockSkewError, CredentialRejectedError, DeviceClient
-from modelfleet.agent._daemon import Agent, AgentConfig, AgentState, StepResult, agent_status
-from modelfleet.agent._download import Downloader, DownloadPolicy, FreeSpace, backoff_delay, disk_free
-from modelfleet.agent._health import HealthPolicy, HealthReport, LiveVerdict, LiveWatch, check_health
-from modelfleet.agent._identity import CredentialFile, DeviceIdentity
-from modelfleet.agent._install import EventSink, InstallConfig, Installer, crash_checkpoint
-from modelfleet.agent._journal import FailedVersion, Journal, JournalFile, Origin, Target
-from modelfleet.agent._outbox import Outbox, OutboxCounts, OutboxItem
-from modelfleet.agent._predictor import InstalledVersion, Prediction, Predictor
-from modelfleet.agent._runtime import OnnxRuntime, Runtime, RuntimeConfig
-from modelfleet.agent._slots import Slot, SlotHandle, SlotStore
-from modelfleet.agent._update import TERMINAL, TRANSITIONS, CrashPoint, UpdateEvent, UpdateState, next_state
+import importlib
+import os
+from typing import TYPE_CHECKING, Any
+
+# Before any module of this package imports ONNX Runtime: left alone, ONNX Runtime writes a device id and
+# a telemetry database under ~/.cache/Microsoft and may send usage telemetry. A device agent does neither;
+# an application that wants it sets ORT_DISABLE_TELEMETRY=0 itself. (Setting a third-party switch, not
+# reading configuration: modelfleet.config stays the only reader of the environment.)
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+if TYPE_CHECKING:
+    from modelfleet.agent._client import ClientTimeouts, ClockSkewError, CredentialRejectedError, DeviceClient
+    from modelfleet.agent._daemon import Agent, AgentConfig, AgentState, StepResult, agent_status
+    from modelfleet.agent._download import Downloader, DownloadPolicy, FreeSpace, backoff_delay, disk_free
+    from modelfleet.agent._health import HealthPolicy, HealthReport, LiveVerdict, LiveWatch, check_health
+    from modelfleet.agent._identity import CredentialFile, DeviceIdentity
+    from modelfleet.agent._install import EventSink, InstallConfig, Installer, crash_checkpoint
+    from modelfleet.agent._journal import FailedVersion, Journal, JournalFile, Origin, Target
+    from modelfleet.agent._outbox import Outbox, OutboxCounts, OutboxItem
+    from modelfleet.agent._predictor import InstalledVersion, Prediction, Predictor
+    from modelfleet.agent._runtime import Isolation, OnnxRuntime, Runtime, RuntimeConfig
+    from modelfleet.agent._slots import Slot, SlotHandle, SlotStore
+    from modelfleet.agent._update import TERMINAL, TRANSITIONS, CrashPoint, UpdateEvent, UpdateState, next_state
+    from modelfleet.agent._wake import WakeListener
+
+_EXPORTS = {
+    "TERMINAL": "_update",
+    "TRANSITIONS": "_update",
+    "Agent": "_daemon",
+    "AgentConfig": "_daemon",
+    "AgentState": "_daemon",
+    "ClientTimeouts": "_client",
+    "ClockSkewError": "_client",
+    "CrashPoint": "_update",
+    "CredentialFile": "_identity",
+    "CredentialRejectedError": "_client",
+    "DeviceClient": "_client",
+    "DeviceIdentity": "_identity",
+    "DownloadPolicy": "_download",
+    "Downloader": "_download",
+    "EventSink": "_install",
+    "FailedVersion": "_journal",
+    "FreeSpace": "_download",
+    "HealthPolicy": "_health",
+    "HealthReport": "_health",
+    "InstallConfig": "_install",
+    "InstalledVersion": "_predictor",
+    "Installer": "_install",
+    "Isolation": "_runtime",
+    "Journal": "_journal",
+    "JournalFile": "_journal",
+    "LiveVerdict": "_health",
+    "LiveWatch": "_health",
+    "OnnxRuntime": "_runtime",
+    "Origin": "_journal",
+    "Outbox": "_outbox",
+    "OutboxCounts": "_outbox",
+    "OutboxItem": "_outbox",
+    "Prediction": "_predictor",
+    "Predictor": "_predictor",
+    "Runtime": "_runtime",
+    "RuntimeConfig": "_runtime",
+    "Slot": "_slots",
+    "SlotHandle": "_slots",
+    "SlotStore": "_slots",
+    "StepResult": "_daemon",
+    "Target": "_journal",
+    "UpdateEvent": "_update",
+    "UpdateState": "_update",
+    "WakeListener": "_wake",
+    "agent_status": "_daemon",
+    "backoff_delay": "_download",
+    "check_health": "_health",
+    "crash_checkpoint": "_install",
+    "disk_free": "_download",
+    "next_state": "_update",
+}
+"""Public name -> the private module that defines it."""
 
 __all__ = [
     "TERMINAL",
@@ -42,6 +119,7 @@ __all__ = [
     "InstallConfig",
     "InstalledVersion",
     "Installer",
+    "Isolation",
     "Journal",
     "JournalFile",
     "LiveVerdict",
@@ -62,6 +140,7 @@ __all__ = [
     "Target",
     "UpdateEvent",
     "UpdateState",
+    "WakeListener",
     "agent_status",
     "backoff_delay",
     "check_health",
@@ -69,3 +148,18 @@ __all__ = [
     "disk_free",
     "next_state",
 ]
+
+
+def __getattr__(name: str) -> Any:  # noqa: ANN401 - any exported object
+    """Import the module that defines ``name`` on first use."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        msg = f"module {__name__!r} has no attribute {name!r}"
+        raise AttributeError(msg)
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -6,6 +6,7 @@ clear error naming the input, never a model quietly scoring the wrong tensor.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -117,25 +118,36 @@ def _by_name(specs: Sequence[TensorSpec], inputs: Mapping[str, Array] | Array) -
 
 
 def _check_one(spec: TensorSpec, array: object, sizes: dict[str, int], features: int | None) -> None:
-    """Check one input's type, dtype and shape; symbolic dims must agree across inputs."""
+    """Check one input's type, dtype and shape; symbolic dims must agree across inputs.
+
+    This runs on every inference, so the description of a wrong input is only built when one is refused.
+    """
     if not isinstance(array, np.ndarray):
         msg = f"input {spec.name!r} must be a numpy array, got {type(array).__name__}"
         raise TypeError(msg)
-    got = f"{array.dtype}[{', '.join(str(d) for d in array.shape)}]"
     if not _dtype_matches(spec.dtype, array.dtype):
-        msg = f"input {spec.describe()}: wrong dtype, got {got}"
+        msg = f"input {spec.describe()}: wrong dtype, got {_described(array)}"
         raise ValueError(msg)
-    if array.ndim != len(spec.shape):
-        msg = f"input {spec.describe()}: wrong rank, got {got}"
+    shape = spec.shape
+    if array.ndim != len(shape):
+        msg = f"input {spec.describe()}: wrong rank, got {_described(array)}"
         raise ValueError(msg)
-    for axis, (dim, size) in enumerate(zip(spec.shape, array.shape, strict=True)):
+    for axis, (dim, size) in enumerate(zip(shape, array.shape, strict=True)):
         expected = _expected_size(dim, size, sizes)
         if size != expected:
-            msg = f"input {spec.describe()}: axis {axis} must be {expected}, got {got}"
+            msg = f"input {spec.describe()}: axis {axis} must be {expected}, got {_described(array)}"
             raise ValueError(msg)
         if axis == 1 and features is not None and size != features:
-            msg = f"input {spec.describe()}: axis 1 must be {features}, the features the bundle references, got {got}"
+            msg = (
+                f"input {spec.describe()}: axis 1 must be {features}, the features the bundle references, "
+                f"got {_described(array)}"
+            )
             raise ValueError(msg)
+
+
+def _described(array: Array) -> str:
+    """``float32[1, 64]``: how a refusal names what it was given."""
+    return f"{array.dtype}[{', '.join(str(d) for d in array.shape)}]"
 
 
 def _expected_size(dim: int | str, size: int, sizes: dict[str, int]) -> int:
@@ -148,7 +160,12 @@ def _expected_size(dim: int | str, size: int, sizes: dict[str, int]) -> int:
 def _dtype_matches(declared: str, actual: np.dtype[np.generic]) -> bool:
     if declared == "string":
         return actual.kind in _STRING_KINDS
-    return declared != "bfloat16" and actual == np.dtype(declared)
+    return declared != "bfloat16" and actual == _dtype(declared)
+
+
+@functools.cache
+def _dtype(name: str) -> np.dtype[np.generic]:
+    return np.dtype(name)
 
 
 @dataclass(frozen=True, slots=True)

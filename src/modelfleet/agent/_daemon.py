@@ -18,6 +18,7 @@ state, last error), ``outbox.sqlite``, ``models/`` (the installer's store).
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import platform
@@ -27,7 +28,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -39,7 +40,6 @@ from modelfleet.agent._identity import CredentialFile, DeviceIdentity, write_pri
 from modelfleet.agent._install import InstallConfig, Installer
 from modelfleet.agent._journal import JournalFile
 from modelfleet.agent._outbox import Outbox, OutboxKind
-from modelfleet.agent._predictor import Predictor
 from modelfleet.agent._slots import CURRENT, PREVIOUS, SlotStore
 from modelfleet.agent._wake import WakeListener
 from modelfleet.bundle import DeviceProfile, PublicKey, TrustedKeys
@@ -47,6 +47,9 @@ from modelfleet.clock import Clock, SystemClock
 from modelfleet.errors import BadDataError, ConfigError, ModelfleetError, PermissionDeniedError, TransportError
 from modelfleet.protocol import MAX_BATCH, CheckinRequest, DesiredModel, EventBatch, InstalledModel, TelemetryBatch
 from modelfleet.telemetry import Event, Summary
+
+if TYPE_CHECKING:
+    from modelfleet.agent._predictor import Predictor  # numpy and ONNX Runtime: only an application's loop has one
 
 __all__ = ["AGENT_CONFIG", "Agent", "AgentConfig", "AgentState", "StepResult", "agent_status"]
 
@@ -175,9 +178,11 @@ class _OffsetClock:
 
 
 def default_profile(data_dir: Path, tags: dict[str, str] | None = None) -> DeviceProfile:
-    """This machine as a device: architecture, ONNX Runtime version, memory, free disk, tags."""
-    import onnxruntime  # noqa: PLC0415 - heavy, only when the agent describes itself
+    """This machine as a device: architecture, ONNX Runtime version, memory, free disk, tags.
 
+    The runtime's version comes from the installed package's metadata: importing ONNX Runtime
+    to ask would cost the idle agent tens of megabytes.
+    """
     try:
         ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
@@ -186,7 +191,7 @@ def default_profile(data_dir: Path, tags: dict[str, str] | None = None) -> Devic
     free = disk_free(data_dir) // _DISK_QUANTUM * _DISK_QUANTUM
     return DeviceProfile(
         arch=platform.machine(),
-        runtimes={"onnxruntime": onnxruntime.__version__},
+        runtimes={"onnxruntime": importlib.metadata.version("onnxruntime")},
         ram_bytes=max(ram, 0),
         disk_free_bytes=free,
         tags=dict(tags or {}),

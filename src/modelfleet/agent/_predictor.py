@@ -1,7 +1,8 @@
 """``Predictor``: what an application calls to run an installed model, in active, shadow or time-slice mode.
 
-Every call is checked against the manifest's contract, answered by a worker
-process under a time bound, and counted into telemetry. A call never hangs and
+Every call is checked against the manifest's contract, answered under a time
+bound (by a worker process, or in the caller's thread with
+``RuntimeConfig(isolation="inline")``), and counted into telemetry. A call never hangs and
 never gets an unflagged wrong answer: when inference fails or runs past its
 bound, the caller gets the previous version's answer (if one is loaded) or the
 bundle's ``fallback_class``, marked ``fallback=True`` with the reason, and the
@@ -24,6 +25,7 @@ import numpy.typing as npt
 
 from modelfleet.agent._contract import Scores, check_inputs, check_same_contract, layout_of, read_scores
 from modelfleet.agent._events import EventLog
+from modelfleet.agent._inline import InlineWorker
 from modelfleet.agent._modes import ShadowJob, ShadowRunner, time_slice_choice
 from modelfleet.agent._runtime import Array, OnnxRuntime, RuntimeConfig, RuntimeFactory
 from modelfleet.agent._worker import FailureKind, InferenceWorker, WorkerEventKind
@@ -88,7 +90,8 @@ class _Version:
         self.layout = layout_of(self.manifest)
         self.name = f"{self.manifest.name}-{self.version}"
         self._events = context.events
-        self.worker = InferenceWorker(
+        worker = InlineWorker if context.config.isolation == "inline" else InferenceWorker
+        self.worker: InferenceWorker | InlineWorker = worker(
             installed.model_path, context.config, runtime=context.runtime, on_event=self._worker_event, name=self.name
         )
         self.summarizer = context.summarizer(self, role)

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -21,9 +21,11 @@ import onnxruntime as ort
 
 from modelfleet.errors import ConfigError
 
-__all__ = ["Array", "OnnxRuntime", "Runtime", "RuntimeConfig", "RuntimeFactory"]
+__all__ = ["Array", "Isolation", "OnnxRuntime", "Runtime", "RuntimeConfig", "RuntimeFactory"]
 
 Array = npt.NDArray[Any]
+Isolation = Literal["process", "inline"]
+"""Where inference runs: a worker process (crash-proof, killable) or the caller's thread (no IPC)."""
 _MAX_NICE = 19
 
 
@@ -50,6 +52,12 @@ class RuntimeConfig:
         shadow_queue: inputs waiting for the shadow candidate; more are skipped and counted.
         max_events: events kept for the agent to collect; beyond it the oldest are dropped and counted.
         telemetry: count every inference into summaries (on by default).
+        isolation: ``process`` (default): each model in a worker process that a watchdog kills past
+            ``timeout_s``, so a hang or a crash in native code never reaches the caller; ``inline``: the
+            caller's thread runs ONNX Runtime directly (no inter-process hop, about 1 ms less per call)
+            and a watchdog sets ONNX Runtime's terminate flag past ``timeout_s``, which stops the run
+            between operators (not inside one, and a crash takes the process with it).
+            ``cpu_affinity`` and ``nice`` apply to worker processes only.
     """
 
     timeout_s: float = 1.0
@@ -65,6 +73,7 @@ class RuntimeConfig:
     shadow_queue: int = 64
     max_events: int = 1000
     telemetry: bool = True
+    isolation: Isolation = "process"
 
     def __post_init__(self) -> None:
         for name in ("timeout_s", "fallback_timeout_s", "start_timeout_s"):
@@ -78,6 +87,8 @@ class RuntimeConfig:
             _refuse("window_seconds/time_slice_seconds", (self.window_seconds, self.time_slice_seconds), "1 to 86400")
         if not isinstance(self.nice, int) or not 0 <= self.nice <= _MAX_NICE:
             _refuse("nice", self.nice, f"an integer from 0 to {_MAX_NICE}")
+        if self.isolation not in {"process", "inline"}:
+            _refuse("isolation", self.isolation, "'process' or 'inline'")
         if self.cpu_affinity is not None and not (self.cpu_affinity and all(_cpu(c) for c in self.cpu_affinity)):
             _refuse("cpu_affinity", self.cpu_affinity, "a non-empty set of CPU numbers")
 
@@ -137,12 +148,15 @@ class OnnxRuntime:
         self._session = ort.InferenceSession(os.fspath(model_path), options, providers=["CPUExecutionProvider"])
         self._outputs = [output.name for output in self._session.get_outputs()]
 
-    def run(self, inputs: Mapping[str, Array]) -> dict[str, Array]:
-        """Run the session once; every output comes back as a numpy array."""
+    def run(self, inputs: Mapping[str, Array], options: ort.RunOptions | None = None) -> dict[str, Array]:
+        """Run the session once; every output comes back as a numpy array.
+
+        ``options`` lets another thread stop the run (``options.terminate = True``).
+        """
         if self._session is None:
             msg = "OnnxRuntime.run called before load"
             raise RuntimeError(msg)
-        results = self._session.run(self._outputs, dict(inputs))
+        results = self._session.run(self._outputs, dict(inputs), options)
         return {name: np.asarray(value) for name, value in zip(self._outputs, results, strict=True)}
 
     def close(self) -> None:

@@ -21,7 +21,7 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["ModelCase", "digits_mlp", "large_matmul", "tiny_cnn"]
+__all__ = ["ModelCase", "digits_mlp", "large_matmul", "tiny_cnn", "trap_classifier"]
 
 _OPSET = 17
 _CHUNK_VALUES = 1 << 18  # float32 values generated and written at a time: 1 MiB
@@ -251,4 +251,82 @@ def large_matmul(
             handle, "w_big", (features, hidden), _normal_chunks(weight_rng, features * hidden, 1 / math.sqrt(features))
         )
     x_val = data_rng.standard_normal((rows, features), dtype=np.float32)
+    return ModelCase(path=path, x_val=x_val, y_val=None, labels=_class_names(classes))
+
+
+# ------------------------------------------------------------------ trap classifier
+
+
+def _spin_body() -> onnx.GraphProto:
+    """A ``Loop`` body that does nothing but go round."""
+    return helper.make_graph(
+        [helper.make_node("Identity", ["go"], ["go_on"]), helper.make_node("Identity", ["carried"], ["carried_on"])],
+        "spin",
+        [
+            helper.make_tensor_value_info("i", TensorProto.INT64, []),
+            helper.make_tensor_value_info("go", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("carried", TensorProto.FLOAT, []),
+        ],
+        [
+            helper.make_tensor_value_info("go_on", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("carried_on", TensorProto.FLOAT, []),
+        ],
+    )
+
+
+def trap_classifier(
+    path: Path, *, features: int = 64, classes: int = 10, batch: str | None = "N", seed: int = 1, rows: int = 64
+) -> ModelCase:
+    """Write a linear softmax classifier with traps, for tests of hangs and runtime errors.
+
+    Inputs in [0, 1] (the validation set) run normally. An input holding a value
+    above 100 sets the trip count of a ``Loop`` to about 1e11, so the inference
+    spins for hours (a hung model); a value below -100 makes a ``Gather`` index
+    out of range, so ONNX Runtime raises (a model that fails at run time).
+
+    Args:
+        path: where to write the model.
+        features: width of the input ``X: float32[batch, features]``.
+        classes: width of the output ``probabilities``.
+        batch: the batch dimension's name, or ``None`` for an unnamed one.
+        seed: derives the weights and the validation inputs.
+        rows: validation rows.
+    """
+    weight_rng, data_rng = _generators(seed, 2)
+    nodes = [
+        helper.make_node("ReduceMax", ["X"], ["top"], keepdims=0),
+        helper.make_node("Sub", ["top", "hundred"], ["over"]),
+        helper.make_node("Relu", ["over"], ["excess"]),
+        helper.make_node("Mul", ["excess", "billion"], ["spins"]),
+        helper.make_node("Cast", ["spins"], ["trips"], to=TensorProto.INT64),
+        helper.make_node("Loop", ["trips", "yes", "zero"], ["spun"], body=_spin_body()),
+        helper.make_node("ReduceMin", ["X"], ["bottom"], keepdims=0),
+        helper.make_node("Neg", ["bottom"], ["negated"]),
+        helper.make_node("Relu", ["negated"], ["under"]),
+        helper.make_node("Cast", ["under"], ["index"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["one_zero", "index"], ["poked"]),
+        helper.make_node("MatMul", ["X", "w"], ["product"]),
+        helper.make_node("Add", ["product", "spun"], ["shifted"]),
+        helper.make_node("Add", ["shifted", "poked"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+    ]
+    constants = {
+        "hundred": np.array(100.0, np.float32),
+        "billion": np.array(1e9, np.float32),
+        "yes": np.ones((), dtype=bool),
+        "zero": np.array(0.0, np.float32),
+        "one_zero": np.zeros(1, np.float32),
+        "w": weight_rng.standard_normal((features, classes)).astype(np.float32),
+    }
+    graph = helper.make_graph(
+        nodes,
+        "trap",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [batch, features])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [batch, classes])],
+        [numpy_helper.from_array(value, name) for name, value in constants.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", _OPSET)])
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, path)
+    x_val = data_rng.uniform(0.0, 1.0, (rows, features)).astype(np.float32)
     return ModelCase(path=path, x_val=x_val, y_val=None, labels=_class_names(classes))

@@ -1,0 +1,409 @@
+"""Device agent costs, each against its baseline in the same run (DESIGN §13, issue 4).
+
+1. ``predictor``: one ``Predictor.predict`` call (telemetry on) against a bare ONNX
+   Runtime ``session.run`` of the same model on the same one-row input, on a model
+   that takes about 1 ms (a ``large_matmul`` classifier with 16 MB of weights: one
+   row streams them all from memory). Both isolation modes are measured: ``process`` (the default:
+   a worker process behind a watchdog) and ``inline`` (the caller's thread, bounded
+   by ONNX Runtime's terminate flag). Goal: <= 1.05x.
+2. ``summarizer``: ``Summarizer.observe`` per inference (one row, 256 input
+   features), against the bare ``session.run`` of one row. Goal: <= 20 us.
+3. ``switch``: ``SlotStore.switch`` (previous, then current, each a temp symlink +
+   ``os.replace`` + directory fsync) against one bare ``os.replace`` of a symlink.
+   Goal: <= 10 ms.
+4. ``install``: verify (signatures, every hash) + publish (extract, fsync, rename)
+   + switch + health check (load, golden vectors, latency, memory) of a 10 MB
+   bundle, against sha256 + copy of the same bytes. Goal: <= 1 s.
+5. ``idle_rss``: resident memory of a real ``modelfleet agent run`` that has done
+   a step and holds no model, against a bare ``python`` interpreter. Goal: <= 40 MB.
+
+Ours and the baseline are called alternately, call by call, and each round reports
+medians, so a noisy neighbour hurts both sides alike; ratios are medians over
+rounds. Results go to ``bench/results/agent.json``; ``--quick`` only proves the
+harness works.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from modelfleet.agent import Predictor, RuntimeConfig, SlotStore, check_health
+from modelfleet.bundle import BuildOptions, Manifest, SigningKey, TrustedKeys, ValidationSet, build_bundle
+from modelfleet.clock import SystemClock
+from modelfleet.sim import large_matmul
+from modelfleet.telemetry import Summarizer, feature_values
+
+ROOT = Path(__file__).resolve().parent
+GOALS = {
+    "predictor_ratio": 1.05,
+    "summarizer_us": 20.0,
+    "switch_ms": 10.0,
+    "install_s": 1.0,
+    "idle_rss_mb": 40.0,
+}
+_MIB = 2**20
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _require(condition: object, what: str) -> None:
+    """Stop the run when a measured step did not do its job (a benchmark of a failure is no benchmark)."""
+    if not condition:
+        raise RuntimeError(what)
+
+
+def _interleaved(ours: Callable[[], object], base: Callable[[], object], calls: int, rounds: int) -> dict[str, Any]:
+    """Ours and the baseline called alternately (so both see the same neighbours); medians per round.
+
+    The reported ratio is the median over rounds of (median ours / median baseline).
+    """
+    for _ in range(max(calls // 10, 3)):  # warm both up
+        ours()
+        base()
+    ours_s, base_s, ratios = [], [], []
+    for _ in range(rounds):
+        a, b = [], []
+        for _ in range(calls):
+            started = time.perf_counter()
+            ours()
+            middle = time.perf_counter()
+            base()
+            a.append(middle - started)
+            b.append(time.perf_counter() - middle)
+        ours_s.append(statistics.median(a))
+        base_s.append(statistics.median(b))
+        ratios.append(ours_s[-1] / base_s[-1])
+    return {
+        "ours_ms": statistics.median(ours_s) * 1e3,
+        "baseline_ms": statistics.median(base_s) * 1e3,
+        "ratio": statistics.median(ratios),
+        "rounds": rounds,
+        "calls_per_round": calls,
+    }
+
+
+# ------------------------------------------------------------------ the model
+
+
+def build_model(directory: Path, weights_mb: int) -> tuple[Path, Manifest, Path, SigningKey]:
+    """A ``large_matmul`` classifier with ``weights_mb`` of weights, bundled and signed."""
+    case = large_matmul(directory / f"matmul-{weights_mb}mb.onnx", size_bytes=weights_mb * _MIB, features=256)
+    key = SigningKey.generate()
+    bundle = directory / f"matmul-{weights_mb}mb.mfb"
+    options = BuildOptions(name="matmul", version=f"1.{weights_mb}.0", release=weights_mb, golden_count=4)
+    manifest = build_bundle(case.path, ValidationSet(inputs={"x": case.x_val}, labels=None), [key], bundle, options)
+    return case.path, manifest, bundle, key
+
+
+# ------------------------------------------------------------------ 1. predictor
+
+
+def bench_predictor(model: Path, manifest: Manifest, calls: int, rounds: int) -> dict[str, Any]:
+    """``Predictor.predict`` with telemetry on, in both isolation modes, vs a bare ``session.run``."""
+    session = _session(model)
+    x = np.random.default_rng(0).standard_normal((1, 256), dtype=np.float32)
+    result: dict[str, Any] = {"rows": 1, "goal_ratio": GOALS["predictor_ratio"]}
+    for isolation in ("inline", "process"):
+        config = RuntimeConfig(timeout_s=10.0, telemetry=True, isolation=isolation)
+        with Predictor(manifest, model, config=config) as predictor:
+            answer = predictor.predict({"x": x})
+            _require(not answer.fallback, f"the predictor fell back: {answer.reason}")
+            result[isolation] = _interleaved(
+                lambda p=predictor: p.predict({"x": x}), lambda: session.run(None, {"x": x}), calls, rounds
+            )
+            _require(sum(s.n for s in predictor.flush(final=True)) > 0, "telemetry counted nothing")
+    result["ratio"] = result["inline"]["ratio"]
+    result["met"] = result["ratio"] <= GOALS["predictor_ratio"]
+    return result
+
+
+# ------------------------------------------------------------------ 2. summarizer
+
+
+def bench_summarizer(model: Path, manifest: Manifest, calls: int, rounds: int) -> dict[str, Any]:
+    """``Summarizer.observe`` of one inference vs the bare one-row ``session.run`` it summarizes."""
+    from modelfleet.agent._contract import layout_of, read_scores  # noqa: PLC0415 - the Predictor's own helpers
+
+    session = _session(model)
+    layout = layout_of(manifest)
+    summarizer = Summarizer(layout, manifest.name, manifest.version, "active", SystemClock(), 300)
+    x = np.random.default_rng(1).standard_normal((1, 256), dtype=np.float32)
+    features = feature_values({"x": x}, layout.input_order)
+    outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"x": x}), strict=True))
+    scores = read_scores(manifest.contract.head, outputs, 1)
+
+    def observe() -> None:
+        summarizer.observe(features, scores.confidence, scores.top1, 0.5)
+
+    timing = _interleaved(observe, lambda: session.run(None, {"x": x}), calls, rounds)
+    per_us = timing["ours_ms"] * 1e3
+    return {
+        "per_inference_us": per_us,
+        "bare_inference_us": timing["baseline_ms"] * 1e3,
+        "ratio": timing["ratio"],
+        "features": len(features[0]),
+        "goal_us": GOALS["summarizer_us"],
+        "met": per_us <= GOALS["summarizer_us"],
+    }
+
+
+# ------------------------------------------------------------------ 3. switch
+
+
+def bench_switch(store_root: Path, bundle: Path, manifest: Manifest, key: SigningKey, rounds: int) -> dict[str, Any]:
+    """``SlotStore.switch`` between two published versions vs one bare symlink ``os.replace``."""
+    slots = SlotStore(store_root, keep=100)
+    sha = hashlib.sha256(bundle.read_bytes()).hexdigest()
+    one = slots.publish("matmul", bundle, TrustedKeys.of([key.public]), version=manifest.version, sha256=sha)
+    # A second slot to flip to: the same verified bytes under another version directory name.
+    other = slots.slot("matmul", f"0.0.1-{sha[:12]}")
+    shutil.copytree(one.path, other.path, symlinks=True)
+    names = [one.name, other.name]
+    bare_dir = store_root / "bare"
+    bare_dir.mkdir()
+    (bare_dir / "a").mkdir()
+    (bare_dir / "b").mkdir()
+    flips = {"ours": 0, "bare": 0}
+
+    def ours() -> None:
+        flips["ours"] ^= 1
+        slots.switch("matmul", names[flips["ours"]], previous=names[1 - flips["ours"]])
+
+    def bare() -> None:
+        flips["bare"] ^= 1
+        temp = bare_dir / "current.tmp"
+        temp.symlink_to("ab"[flips["bare"]])
+        temp.replace(bare_dir / "current")
+
+    timing = _interleaved(ours, bare, 50, rounds)
+    _require(slots.link("matmul", "current") in names, "current points at neither version")
+    return {
+        "switch_ms": timing["ours_ms"],
+        "bare_replace_ms": timing["baseline_ms"],
+        "ratio": timing["ratio"],
+        "goal_ms": GOALS["switch_ms"],
+        "met": timing["ours_ms"] <= GOALS["switch_ms"],
+    }
+
+
+# ------------------------------------------------------------------ 4. install
+
+
+def bench_install(work: Path, bundle: Path, manifest: Manifest, key: SigningKey, rounds: int) -> dict[str, Any]:
+    """Verify + publish + switch + health check of a bundle vs sha256 + copy (+ fsync) of its bytes."""
+    trusted = TrustedKeys.of([key.public])
+    data = bundle.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    ours_s, base_s = [], []
+    for index in range(rounds):
+        root = work / f"install-{index}"
+        started = time.perf_counter()
+        slots = SlotStore(root)
+        slot = slots.publish(manifest.name, bundle, trusted, version=manifest.version, sha256=sha)
+        slots.switch(manifest.name, slot.name, previous=None)
+        report = check_health(slot.path, slot.manifest())
+        ours_s.append(time.perf_counter() - started)
+        _require(report.passed, f"the health check failed: {report.reasons}")
+        started = time.perf_counter()
+        with bundle.open("rb") as handle:
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
+        copy = work / f"copy-{index}.mfb"
+        shutil.copyfile(bundle, copy)
+        with copy.open("rb+") as handle:
+            os.fsync(handle.fileno())
+        base_s.append(time.perf_counter() - started)
+        _require(digest == sha, "the baseline hashed other bytes")
+        shutil.rmtree(root)
+        copy.unlink()
+    ours, base = statistics.median(ours_s), statistics.median(base_s)
+    return {
+        "bundle_mb": len(data) / _MIB,
+        "install_s": ours,
+        "sha256_copy_s": base,
+        "ratio": ours / base,
+        "goal_s": GOALS["install_s"],
+        "met": ours <= GOALS["install_s"],
+    }
+
+
+# ------------------------------------------------------------------ 5. idle RSS
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    msg = f"no VmRSS for {pid}"
+    raise RuntimeError(msg)
+
+
+def _closed_port() -> int:
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = int(probe.getsockname()[1])
+    probe.close()
+    return port
+
+
+def bench_idle_rss(work: Path, key: SigningKey) -> dict[str, Any]:
+    """A real ``agent run`` whose server is down: it starts, steps once (fails, backs off) and idles."""
+    key_file = key.public.to_pem()
+    (work / "trust.pem").write_bytes(key_file)
+    data_dir = work / "idle-agent"
+    env = {**os.environ, "HOME": str(work)}  # a library that writes caches under ~ must not touch the user's
+    command = [
+        sys.executable,
+        "-m",
+        "modelfleet",
+        "agent",
+        "run",
+        "--data-dir",
+        str(data_dir),
+        "--server",
+        f"http://127.0.0.1:{_closed_port()}",
+        "--enroll-token",
+        "mfe_bench",
+        "--trust",
+        str(work / "trust.pem"),
+    ]
+    agent = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    bare = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and '"last_error"' not in _read(data_dir / "state.json"):
+            time.sleep(0.1)
+        if agent.poll() is not None:
+            msg = f"the agent exited: {agent.stderr.read().decode() if agent.stderr else ''}"
+            raise RuntimeError(msg)
+        time.sleep(1.0)  # let it settle into its backoff sleep
+        ours, base = _rss_mb(agent.pid), _rss_mb(bare.pid)
+        home_cache = [str(p.relative_to(work)) for p in work.rglob("*") if ".cache" in p.parts]
+    finally:
+        for process in (agent, bare):
+            process.terminate()
+            process.wait(30)
+    return {
+        "heavy_modules_loaded_by_the_cli": _heavy_modules(env),
+        "agent_rss_mb": ours,
+        "bare_python_rss_mb": base,
+        "ratio": ours / base,
+        "files_written_under_home": home_cache,
+        "goal_mb": GOALS["idle_rss_mb"],
+        "met": ours <= GOALS["idle_rss_mb"],
+    }
+
+
+def _heavy_modules(env: dict[str, str]) -> list[str]:
+    """Which big libraries ``python -m modelfleet`` loads before it runs any command (where idle RSS goes)."""
+    probe = (
+        "import sys, modelfleet.cli; "
+        "print(' '.join(m for m in ('numpy', 'onnx', 'ml_dtypes', 'onnxruntime', 'sklearn') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
+    return done.stdout.split()
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+# ------------------------------------------------------------------ main
+
+
+def _line(name: str, text: str, met: bool) -> None:
+    print(f"{name:<11} {text}  [{'met' if met else 'MISSED'}]", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run every measurement, print one line each, write the JSON report."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="few calls and rounds: proves the harness only")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "agent.json")
+    args = parser.parse_args(argv)
+    calls, rounds = (30, 3) if args.quick else (300, 7)
+    with tempfile.TemporaryDirectory(prefix="modelfleet-bench-agent-") as temp:
+        work = Path(temp)
+        model, manifest, _, _ = build_model(work, 16)
+        big_model, big_manifest, big_bundle, big_key = build_model(work, 10)
+        predictor = bench_predictor(model, manifest, calls, rounds)
+        for isolation in ("inline", "process"):
+            run = predictor[isolation]
+            text = f"{run['ours_ms']:.3f} ms vs bare session.run {run['baseline_ms']:.3f} ms ({predictor['rows']} row)"
+            _line(
+                "predictor",
+                f"{isolation:<7} {text}: ours/bare {run['ratio']:.3f}x (goal <= 1.05x)",
+                run["ratio"] <= 1.05,
+            )
+        summarizer = bench_summarizer(model, manifest, calls * 10, rounds)
+        _line(
+            "summarizer",
+            f"{summarizer['per_inference_us']:.1f} us per inference ({summarizer['features']} features) vs bare "
+            f"1-row session.run {summarizer['bare_inference_us']:.1f} us: {summarizer['ratio']:.3f}x (goal <= 20 us)",
+            summarizer["met"],
+        )
+        switch = bench_switch(work / "switch", big_bundle, big_manifest, big_key, rounds)
+        _line(
+            "switch",
+            f"{switch['switch_ms']:.3f} ms vs bare os.replace of a symlink {switch['bare_replace_ms']:.3f} ms: "
+            f"{switch['ratio']:.1f}x (goal <= 10 ms)",
+            switch["met"],
+        )
+        install = bench_install(work, big_bundle, big_manifest, big_key, max(3, rounds // 2))
+        _line(
+            "install",
+            f"{install['install_s'] * 1e3:.0f} ms for {install['bundle_mb']:.1f} MB vs sha256+copy "
+            f"{install['sha256_copy_s'] * 1e3:.0f} ms: {install['ratio']:.1f}x (goal <= 1 s)",
+            install["met"],
+        )
+        rss = bench_idle_rss(work, big_key)
+        _line(
+            "idle RSS",
+            f"{rss['agent_rss_mb']:.1f} MB vs bare python {rss['bare_python_rss_mb']:.1f} MB: "
+            f"{rss['ratio']:.2f}x (goal <= 40 MB)",
+            rss["met"],
+        )
+        del big_model
+    report = {
+        "settings": {"quick": args.quick, "calls": calls, "rounds": rounds},
+        "machine": {"python": platform.python_version(), "onnxruntime": ort.__version__, "cpus": os.cpu_count()},
+        "predictor": predictor,
+        "summarizer": summarizer,
+        "switch": switch,
+        "install": install,
+        "idle_rss": rss,
+        "goals": GOALS,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

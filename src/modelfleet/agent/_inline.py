@@ -1,0 +1,139 @@
+"""Inference in the caller's thread, for ``RuntimeConfig(isolation="inline")``.
+
+The worker process (:mod:`modelfleet.agent._worker`) costs two thread hand-overs and
+an inter-process round trip per call, about 1 ms on a busy two-core device, which
+is as much as a small model's inference. Inline, the caller's thread runs ONNX
+Runtime itself (which releases the GIL) and a watchdog thread, waking every quarter
+of the time bound, sets ONNX Runtime's ``terminate`` flag on a run that passed its
+bound; the run then stops at the next operator boundary and the caller gets a
+``timeout`` outcome, as from a worker. What inline cannot do is survive a crash in
+native code or stop a single operator that never returns: that is what the default
+``process`` isolation is for.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import onnxruntime as ort
+
+from modelfleet.agent._runtime import Array, OnnxRuntime, RuntimeConfig, RuntimeFactory
+from modelfleet.agent._worker import EventSink, Outcome
+from modelfleet.errors import ConfigError, IncompatibleError
+
+__all__ = ["InlineWorker"]
+
+logger = logging.getLogger(__name__)
+
+_MIN_TICK_S = 0.005
+
+
+class _Watchdog:
+    """Sets the terminate flag of every run that passed its deadline; one daemon thread per worker."""
+
+    def __init__(self, tick_s: float, name: str) -> None:
+        self._runs: dict[int, tuple[float, ort.RunOptions]] = {}
+        self._numbers = itertools.count()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._tick = max(tick_s, _MIN_TICK_S)
+        self._thread = threading.Thread(target=self._watch, name=f"modelfleet-{name}-watchdog", daemon=True)
+        self._thread.start()
+
+    def begin(self, options: ort.RunOptions, bound_s: float) -> int:
+        number = next(self._numbers)
+        with self._lock:
+            self._runs[number] = (time.monotonic() + bound_s, options)
+        return number
+
+    def end(self, number: int) -> None:
+        with self._lock:
+            self._runs.pop(number, None)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(self._tick * 4)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self._tick):
+            now = time.monotonic()
+            with self._lock:
+                late = [options for deadline, options in self._runs.values() if deadline <= now]
+            for options in late:
+                options.terminate = True
+
+
+class InlineWorker:
+    """One model run in the caller's thread with a time bound; thread-safe, same calls as ``InferenceWorker``.
+
+    Args:
+        model_path: the model file.
+        config: bounds (``timeout_s``, threads).
+        runtime: must make an :class:`~modelfleet.agent.OnnxRuntime` (the bound needs its terminate flag).
+        on_event: accepted for the same signature; an inline worker has no restarts to report.
+        name: how logs and thread names call the model.
+
+    Raises:
+        ConfigError: ``bad_setting`` when ``runtime`` does not make an ``OnnxRuntime``.
+        IncompatibleError: ``model_load_failed`` when the model cannot be loaded.
+    """
+
+    restarts = 0
+    pid = None
+
+    def __init__(
+        self,
+        model_path: Path,
+        config: RuntimeConfig,
+        *,
+        runtime: RuntimeFactory = OnnxRuntime,
+        on_event: EventSink | None = None,  # noqa: ARG002 - the same signature as InferenceWorker
+        name: str = "model",
+    ) -> None:
+        engine = runtime(config)
+        if not isinstance(engine, OnnxRuntime):
+            msg = f"isolation='inline' needs an OnnxRuntime (its terminate flag bounds a run), not {type(engine)}"
+            raise ConfigError(msg, code="bad_setting")
+        try:
+            engine.load(model_path)
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime's load errors share no base
+            msg = f"{name}: cannot load {model_path}: {type(exc).__name__}: {exc}"
+            raise IncompatibleError(msg, code="model_load_failed") from None
+        self._engine = engine
+        self._config = config
+        self._watchdog = _Watchdog(config.timeout_s / 4, name)
+        self._closed = False
+
+    def infer(self, inputs: Mapping[str, Array], timeout_s: float | None = None) -> Outcome:
+        """Run one inference; past ``timeout_s`` (plus up to a quarter of it) it is stopped. Never raises."""
+        if self._closed:
+            return Outcome(None, "unavailable", "the worker is closed")
+        bound = self._config.timeout_s if timeout_s is None else timeout_s
+        options = ort.RunOptions()
+        number = self._watchdog.begin(options, bound)
+        try:
+            outputs = self._engine.run(inputs, options)
+        except Exception as exc:  # noqa: BLE001 - any runtime failure is an outcome, never an exception
+            if options.terminate:
+                return Outcome(None, "timeout", f"the inference ran longer than {bound} s and was terminated")
+            return Outcome(None, "error", f"{type(exc).__name__}: {exc}")
+        finally:
+            self._watchdog.end(number)
+        return Outcome(outputs)
+
+    def wait_ready(self, timeout_s: float) -> bool:  # noqa: ARG002 - the same signature as InferenceWorker
+        """Always ready once constructed (until closed)."""
+        return not self._closed
+
+    def close(self) -> None:
+        """Stop the watchdog and release the model; later calls are answered ``unavailable``."""
+        if self._closed:
+            return
+        self._closed = True
+        self._watchdog.close()
+        self._engine.close()

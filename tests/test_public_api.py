@@ -19,6 +19,7 @@ PUBLIC_MODULES = [
     "modelfleet.config",
     "modelfleet.errors",
     "modelfleet.protocol",
+    "modelfleet.rollout",
     "modelfleet.server",
     "modelfleet.sim.models",
     "modelfleet.stats",

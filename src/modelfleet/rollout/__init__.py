@@ -5,7 +5,8 @@
 - :mod:`states <modelfleet.rollout._states>`: the lifecycle as one transition table;
 - :mod:`evaluate <modelfleet.rollout._evaluate>`: device-level gate evaluation;
 - :mod:`reconciler <modelfleet.rollout._reconciler>`: the server-clock loop and operators' commands;
-- :mod:`plan <modelfleet.rollout._plan>`: the power analysis a spec must pass before it starts.
+- :mod:`plan <modelfleet.rollout._plan>`: the power analysis a spec must pass before it starts;
+- :mod:`drift <modelfleet.rollout._drift>`: per-device drift scores, fleet shares, retraining decisions.
 """
 
 # ruff: noqa: RUF002 - the section signs above are the design document's
@@ -14,6 +15,24 @@ from __future__ import annotations
 
 from modelfleet.rollout._cohort import BUCKETS, Cohort, assign, bucket, is_lab, treated_share
 from modelfleet.rollout._desired import governing_rollout, rollout_version
+from modelfleet.rollout._drift import (
+    CONFIDENCE,
+    DEFAULT_THRESHOLDS,
+    UNTAGGED,
+    DeviceDrift,
+    DeviceWindows,
+    DriftMetric,
+    DriftPolicy,
+    DriftScore,
+    FeatureDrift,
+    FleetDrift,
+    RetrainDecision,
+    VersionComparison,
+    WindowCounts,
+    compare_with_parent,
+    evaluate_drift,
+    feature_names,
+)
 from modelfleet.rollout._evaluate import (
     DeviceValues,
     GateResult,
@@ -41,13 +60,23 @@ from modelfleet.rollout._states import ACTIVE, TERMINAL, Event, Position, Rollou
 __all__ = [
     "ACTIVE",
     "BUCKETS",
+    "CONFIDENCE",
+    "DEFAULT_THRESHOLDS",
     "FAILURE_EVENTS",
     "METRICS",
     "TERMINAL",
+    "UNTAGGED",
     "Cohort",
     "Decision",
+    "DeviceDrift",
     "DeviceValues",
+    "DeviceWindows",
+    "DriftMetric",
+    "DriftPolicy",
+    "DriftScore",
     "Event",
+    "FeatureDrift",
+    "FleetDrift",
     "Gate",
     "GatePlan",
     "GateResult",
@@ -56,16 +85,22 @@ __all__ = [
     "Metric",
     "Position",
     "Reconciler",
+    "RetrainDecision",
     "RolloutPlan",
     "RolloutSpec",
     "RolloutState",
     "Stage",
     "StageEvaluation",
+    "VersionComparison",
+    "WindowCounts",
     "assign",
     "bucket",
+    "compare_with_parent",
     "decide",
     "device_values",
+    "evaluate_drift",
     "evaluate_stage",
+    "feature_names",
     "governing_rollout",
     "is_lab",
     "load_spec",

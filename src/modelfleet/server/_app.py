@@ -22,7 +22,7 @@ from modelfleet.clock import Clock, SystemClock
 from modelfleet.rollout import Reconciler
 from modelfleet.server._admin_api import BODY_MODELS as ADMIN_BODIES
 from modelfleet.server._admin_api import admin_router
-from modelfleet.server._background import run_reconciler
+from modelfleet.server._background import run_drift_checks, run_reconciler
 from modelfleet.server._body import add_body_schemas
 from modelfleet.server._config import ServerConfig
 from modelfleet.server._desired import DesiredStateResolver, desired_state
@@ -112,10 +112,13 @@ def _lifespan(state: ServerState, *, owns_engine: bool) -> Callable[[FastAPI], A
         looks = asyncio.create_task(
             run_reconciler(app.state.reconciler, state.config.reconcile_seconds, app.state.invalidate_rollouts)
         )
+        tasks = [looks, flusher]
+        if state.config.drift.enabled:
+            tasks.append(asyncio.create_task(run_drift_checks(state.engine, state.clock, state.config.drift)))
         try:
             yield
         finally:
-            for task in (looks, flusher):
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task

@@ -1,4 +1,4 @@
-"""Background work of a server process: the rollout reconciler's looks on the server clock.
+"""Background work of a server process: the rollout reconciler's looks and the drift monitor.
 
 Every process runs the loop; the reconciler's conditional updates make a second
 process's look harmless (it finds the revision moved and decides nothing), so
@@ -11,9 +11,13 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from modelfleet.rollout import Reconciler
+from sqlalchemy import Engine
 
-__all__ = ["run_reconciler"]
+from modelfleet.clock import Clock
+from modelfleet.rollout import Reconciler
+from modelfleet.server._retrain import DriftSettings, RetrainNotifier, check_drift
+
+__all__ = ["run_drift_checks", "run_reconciler"]
 
 log = logging.getLogger(__name__)
 
@@ -29,3 +33,14 @@ async def run_reconciler(reconciler: Reconciler, interval_seconds: float, on_mov
             continue
         if moved:
             on_moved()
+
+
+async def run_drift_checks(engine: Engine, clock: Clock, settings: DriftSettings) -> None:
+    """Run the fleet drift monitor every ``settings.check_seconds`` until cancelled (blocking work in a thread)."""
+    notifier = RetrainNotifier(settings)
+    while True:
+        await asyncio.sleep(settings.check_seconds)
+        try:
+            await asyncio.to_thread(check_drift, engine, clock, settings, notifier)
+        except Exception:
+            log.exception("a drift check failed; the next one runs in %.0f s", settings.check_seconds)

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query
 from pydantic import BaseModel, ConfigDict
 
-from modelfleet.rollout._drift import DeviceDrift, FleetDrift
+from modelfleet.rollout import DeviceDrift, FleetDrift
 from modelfleet.server._auth import Viewer
 from modelfleet.server._retrain import VersionDrift, monitor_version
 from modelfleet.server._schemas import MODEL_NAME

@@ -42,7 +42,7 @@ from modelfleet import __version__
 from modelfleet.bundle import References, parse_manifest
 from modelfleet.clock import Clock
 from modelfleet.errors import NotFoundError
-from modelfleet.rollout._drift import DriftPolicy, FleetDrift, VersionComparison, compare_with_parent, evaluate_drift
+from modelfleet.rollout import DriftPolicy, FleetDrift, VersionComparison, compare_with_parent, evaluate_drift
 from modelfleet.store import (
     RecentSummaries,
     append_audit,

@@ -199,3 +199,27 @@ def test_a_write_lock_held_past_the_busy_timeout_is_a_503_with_retry_after_then_
     assert busy.json()["error"] == "database_busy"
     again = client.post("/v1/telemetry", json=batch, headers=device.headers)
     assert again.json() == {"accepted": 1, "duplicates": 0}
+
+
+def test_a_lost_postgresql_connection_is_a_503_until_the_pool_reconnects_never_a_500(fleet, engine, database_url):
+    if not database_url.startswith("postgresql"):
+        pytest.skip("a server connection that dies under the pool exists only on PostgreSQL")
+    device = fleet.device("lost-1")
+    assert fleet.checkin(device).status_code == 200
+    killer = make_engine(database_url)
+    with killer.connect() as connection:
+        ended = connection.exec_driver_sql(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).scalar_one()
+    killer.dispose()
+    assert ended >= 1
+    answers = []
+    for _ in range(40):  # at most one failed request per pooled connection
+        answers.append(fleet.checkin(device))
+        if answers[-1].status_code == 200:
+            break
+    assert answers[-1].status_code == 200
+    # Each pooled connection that died fails the one request that meets it, as "retry later".
+    lost = {(a.status_code, a.json()["error"], a.headers["Retry-After"]) for a in answers[:-1]}
+    assert lost <= {(503, "database_unavailable", "1")}

@@ -70,3 +70,19 @@ def test_an_unexpected_failure_is_a_500_without_internals(server_config, clock, 
         response = fleet.checkin(fleet.device("dev-1"))
     assert response.status_code == 500
     assert response.json() == {"error": "internal", "message": "the server failed; see its log", "field": None}
+
+
+def test_metrics_count_check_ins_by_route_template_and_status(client, fleet):
+    device = fleet.device("dev-1")
+    etag = fleet.checkin(device).headers["ETag"]
+    assert fleet.checkin(device, etag=etag).status_code == 304
+    assert (
+        fleet.client.post("/v1/devices/checkin", json={}, headers={"Authorization": "Bearer nope"}).status_code == 401
+    )
+    text = client.get("/metrics").text
+    for status, count in (("200", 1), ("304", 1), ("401", 1)):
+        line = (
+            f'modelfleet_http_requests_total{{method="POST",route="/v1/devices/checkin",status="{status}"}} {count}.0'
+        )
+        assert line in text
+    assert "modelfleet_checkins_not_modified_total 1.0" in text

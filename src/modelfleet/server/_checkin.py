@@ -24,7 +24,19 @@ from modelfleet.server._body import parse_json, request_body
 from modelfleet.server._state import ServerState
 from modelfleet.store import DeviceRecord, record_report, write_transaction
 
-__all__ = ["CHECKIN_OPENAPI", "answer", "etag_matches", "handle_checkin", "report_hash"]
+__all__ = [
+    "CHECKIN_OPENAPI",
+    "CHECKIN_PATH",
+    "REPORT_CACHE_ENTRIES",
+    "ReportCache",
+    "answer",
+    "etag_matches",
+    "handle_checkin",
+    "report_hash",
+]
+
+CHECKIN_PATH = "/v1/devices/checkin"
+REPORT_CACHE_ENTRIES = 4096
 
 CHECKIN_OPENAPI: dict[str, Any] = {
     **request_body(CheckinRequest),
@@ -52,12 +64,43 @@ async def handle_checkin(state: ServerState, request: Request) -> Response:
     if_none_match = request.headers.get("if-none-match")
     with state.engine.connect() as connection:
         device = accepted_device(connection, credential)
-        report = parse_json(CheckinRequest, body).model_dump(mode="json")
+        report, digest = _REPORTS.read(body)
         state.last_seen.note(device.id, state.clock.now())
-        digest = report_hash(report)
         if digest == device.report_hash:
             return answer(state, connection, device, if_none_match)
     return await run_in_threadpool(_store_and_answer, state, device, report, digest, if_none_match)
+
+
+class ReportCache:
+    """Check-in bodies already validated, with their report and its hash, newest ``entries`` kept.
+
+    Devices send the same bytes poll after poll (and devices alike send alike
+    bytes): a body seen before needs neither validation nor hashing again. Only
+    bodies that validated are kept, so a cached answer is the one parsing would give.
+    """
+
+    def __init__(self, entries: int) -> None:
+        self._entries = entries
+        self._reports: dict[bytes, tuple[dict[str, Any], str]] = {}
+
+    def read(self, body: bytes) -> tuple[dict[str, Any], str]:
+        """The report in ``body`` (JSON-ready) and its :func:`report_hash`.
+
+        Raises:
+            RequestValidationError: the body is not a valid check-in report (names the field).
+        """
+        known = self._reports.get(body)
+        if known is not None:
+            return known
+        report = parse_json(CheckinRequest, body).model_dump(mode="json")
+        known = (report, report_hash(report))
+        if len(self._reports) >= self._entries:
+            del self._reports[next(iter(self._reports))]  # the oldest: dicts keep insertion order
+        self._reports[body] = known
+        return known
+
+
+_REPORTS = ReportCache(REPORT_CACHE_ENTRIES)
 
 
 def report_hash(report: dict[str, Any]) -> str:

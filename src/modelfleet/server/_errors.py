@@ -10,7 +10,7 @@ unexpected is logged and answered 500 without internals.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, cast
 
 from fastapi import FastAPI, Request
@@ -33,7 +33,7 @@ from modelfleet.errors import (
 )
 from modelfleet.store import sqlite_busy
 
-__all__ = ["RETRY_AFTER_SECONDS", "ApiError", "ErrorBody", "error_response", "install_error_handlers"]
+__all__ = ["RETRY_AFTER_SECONDS", "ApiError", "ErrorBody", "error_answer", "error_response", "install_error_handlers"]
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +145,13 @@ def _unavailable(code: str, message: str) -> JSONResponse:
 
 
 async def _database(request: Request, exc: Exception) -> JSONResponse:
-    """A lock SQLite could not get in time, or no pooled connection free: busy, not broken."""
+    """A lock SQLite could not get in time, no pooled connection free, a connection lost: retry, not broken."""
     if isinstance(exc, PoolTimeoutError) or sqlite_busy(exc):
         log.warning("%s %s: the database is busy: %s", request.method, request.url.path, exc)
         return _unavailable("database_busy", "the database is busy; retry later")
+    if getattr(exc, "connection_invalidated", False):
+        log.warning("%s %s: the database connection was lost: %s", request.method, request.url.path, exc)
+        return _unavailable("database_unavailable", "the database connection was lost; retry later")
     return await _unexpected(request, exc)
 
 
@@ -157,12 +160,24 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return error_response(500, "internal", "the server failed; see its log")
 
 
+_HANDLERS: tuple[tuple[type[Exception], Callable[[Request, Exception], Awaitable[JSONResponse]]], ...] = (
+    (RequestValidationError, _validation),
+    (HTTPException, _http),
+    (ApiError, _api),
+    (ModelfleetError, _domain),
+    (OperationalError, _database),
+    (PoolTimeoutError, _database),
+    (Exception, _unexpected),
+)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Answer every error in the one JSON shape (each handler is registered for the type it casts to)."""
-    app.add_exception_handler(RequestValidationError, _validation)
-    app.add_exception_handler(HTTPException, _http)
-    app.add_exception_handler(ApiError, _api)
-    app.add_exception_handler(ModelfleetError, _domain)
-    app.add_exception_handler(OperationalError, _database)
-    app.add_exception_handler(PoolTimeoutError, _database)
-    app.add_exception_handler(Exception, _unexpected)
+    for kind, handler in _HANDLERS:
+        app.add_exception_handler(kind, handler)
+
+
+async def error_answer(request: Request, exc: Exception) -> JSONResponse:
+    """The answer the installed handlers give ``exc``, for a route served outside FastAPI's routing."""
+    handler = next(handler for kind, handler in _HANDLERS if isinstance(exc, kind))
+    return await handler(request, exc)

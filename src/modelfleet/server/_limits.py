@@ -1,4 +1,4 @@
-"""Bounds on what a request may carry, as pure ASGI middleware that answers before the app runs.
+"""Bounds on what a request may carry, checked by the request gate before the app runs.
 
 A declared ``Content-Length`` above the bound is a 413 at once. A chunked body
 is buffered up to the bound and refused as soon as it passes it. Routes that
@@ -9,55 +9,42 @@ can neither store nor compare it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope
 
 from modelfleet.server._errors import error_response
 
-__all__ = ["BodyLimit", "NoNulInUrl"]
+__all__ = ["body_refusal", "buffered_body", "url_refusal"]
 
 
-class BodyLimit:
-    """Refuse request bodies above ``max_body_bytes`` (or a streamed route's own bound) with 413.
+def url_refusal(scope: Scope) -> ASGIApp | None:
+    """A 422 for a NUL character in the path or query string, else None."""
+    if "\x00" in scope["path"] or b"%00" in scope["query_string"]:
+        return error_response(422, "invalid", "the URL must not contain NUL characters")
+    return None
 
-    Args:
-        app: the wrapped ASGI app.
-        max_body_bytes: bound for every route not in ``streamed``.
-        streamed: ``(method, path) -> bound`` for routes that read their body as a stream.
+
+def body_refusal(headers: Headers, limit: int) -> ASGIApp | None:
+    """A 400 for a ``Content-Length`` that is not a number, a 413 for one above ``limit``, else None."""
+    declared = headers.get("content-length")
+    if declared is None:
+        return None
+    if not declared.isdigit():
+        return error_response(400, "bad_content_length", "Content-Length is not a number")
+    return _too_large(limit) if int(declared) > limit else None
+
+
+async def buffered_body(headers: Headers, receive: Receive, limit: int) -> tuple[Receive, ASGIApp | None]:
+    """For a chunked body: buffer it and replay it, or a 413 as soon as it passes ``limit``.
+
+    A body with a declared length (checked by :func:`body_refusal`) or none at all passes unchanged.
     """
-
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, streamed: Mapping[tuple[str, str], int]) -> None:
-        self.app = app
-        self.max_body_bytes = max_body_bytes
-        self.streamed = dict(streamed)
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Check the declared length, buffer a chunked body, then call the app."""
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        route = (scope["method"], scope["path"])
-        limit = self.streamed.get(route, self.max_body_bytes)
-        headers = Headers(scope=scope)
-        declared = headers.get("content-length")
-        if declared is not None:
-            if not declared.isdigit():
-                await error_response(400, "bad_content_length", "Content-Length is not a number")(scope, receive, send)
-            elif int(declared) > limit:
-                await _too_large(limit)(scope, receive, send)
-            else:
-                await self.app(scope, receive, send)
-            return
-        if "transfer-encoding" not in headers or route in self.streamed:
-            await self.app(scope, receive, send)
-            return
-        body = await _buffered(receive, limit)
-        if body is None:
-            await _too_large(limit)(scope, receive, send)
-            return
-        await self.app(scope, _replay(body, receive), send)
+    if "content-length" in headers or "transfer-encoding" not in headers:
+        return receive, None
+    body = await _buffered(receive, limit)
+    if body is None:
+        return receive, _too_large(limit)
+    return _replay(body, receive), None
 
 
 def _too_large(limit: int) -> ASGIApp:
@@ -93,21 +80,3 @@ def _replay(body: bytes, receive: Receive) -> Receive:
         return {"type": "http.request", "body": body, "more_body": False}
 
     return replay
-
-
-class NoNulInUrl:
-    """Refuse a request whose path or query string holds a NUL character.
-
-    Args:
-        app: the wrapped ASGI app.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Answer 422 for a NUL in the URL, else call the app."""
-        if scope["type"] == "http" and ("\x00" in scope["path"] or b"%00" in scope["query_string"]):
-            await error_response(422, "invalid", "the URL must not contain NUL characters")(scope, receive, send)
-            return
-        await self.app(scope, receive, send)

@@ -1,4 +1,4 @@
-"""Prometheus metrics, one registry per app, and the pure ASGI middleware that times requests.
+"""Prometheus metrics, one registry per app (the request gate times and counts requests).
 
 Requests are labelled by route template (``/v1/artifacts/{sha256}``), never by
 raw path, so label cardinality stays bounded; unmatched paths share one label.
@@ -6,13 +6,10 @@ raw path, so label cardinality stays bounded; unmatched paths share one label.
 
 from __future__ import annotations
 
-import time
-
 from fastapi import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["Metrics", "RequestMetrics"]
+__all__ = ["Metrics"]
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
@@ -53,37 +50,3 @@ class Metrics:
     def render(self) -> Response:
         """The text exposition of every metric."""
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
-
-
-class RequestMetrics:
-    """Count and time every HTTP request by route template and status (pure ASGI, no body buffering).
-
-    Args:
-        app: the wrapped ASGI app.
-        metrics: where to record.
-    """
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Pass the request on and record its route, status and duration."""
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_recording(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_recording)
-        finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(scope["method"], route, str(status)).inc()
-            self.metrics.latency.labels(route).observe(time.perf_counter() - started)

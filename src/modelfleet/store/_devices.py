@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from modelfleet.errors import AuthenticationError, ConflictError, NotFoundError, PermissionDeniedError
+from modelfleet.store._driver import as_json, driver_rows
 from modelfleet.store._tables import Device, Preauthorization
 from modelfleet.store._tokens import new_secret, redeem_enrollment_token, secret_hash
 
@@ -56,17 +57,16 @@ class DeviceRecord:
     installed: Sequence[Mapping[str, Any]] = ()
 
 
-_BY_CREDENTIAL = select(
-    _devices.c.id, _devices.c.status, _devices.c.tags, _devices.c.report_hash, _devices.c.installed
-).where(_devices.c.credential_hash == bindparam("credential_hash"))
+_BY_CREDENTIAL = "SELECT id, status, tags, report_hash, installed FROM devices WHERE credential_hash = ?"
 
 
 def device_by_credential(conn: Connection, credential: str) -> DeviceRecord | None:
-    """The device holding ``credential``, by one read of the unique credential-hash index."""
-    row = conn.execute(_BY_CREDENTIAL, {"credential_hash": secret_hash(credential)}).first()
-    if row is None:
+    """The device holding ``credential``, by one read of the unique credential-hash index (on the driver)."""
+    rows = driver_rows(conn, _BY_CREDENTIAL, (secret_hash(credential),))
+    if not rows:
         return None
-    return DeviceRecord(row.id, row.status, row.tags or {}, row.report_hash, tuple(row.installed or ()))
+    device_id, status, tags, report_hash, installed = rows[0]
+    return DeviceRecord(device_id, status, as_json(tags) or {}, report_hash, tuple(as_json(installed) or ()))
 
 
 def record_report(

@@ -204,13 +204,18 @@ def _parse(url: str) -> URL:
 
 
 def _server_engine(url: URL, *, pool_size: int, max_overflow: int, timeout: int) -> Engine:
-    """Create a pooled engine for a database server, with dead connections detected before use."""
+    """Create a pooled engine for a database server.
+
+    No pre-ping: it would cost a round trip on every checkout, i.e. on every
+    check-in. A connection found dead when used fails that one request (the
+    server answers 503 with Retry-After) and makes the pool drop every
+    connection older than it, so the next requests reconnect.
+    """
     connect_args: dict[str, Any] = {}
     if url.get_driver_name() == "psycopg":
         connect_args = {"connect_timeout": timeout, "application_name": "modelfleet"}
     return create_engine(
         url,
-        pool_pre_ping=True,
         pool_size=pool_size,
         max_overflow=max_overflow,
         pool_recycle=1800,

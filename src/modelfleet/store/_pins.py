@@ -12,14 +12,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal, cast
+from typing import Literal
 
-from sqlalchemy import Connection, Executable, Table, bindparam, delete, func, null, select, union_all
+from sqlalchemy import Connection, delete, select
 from sqlalchemy.orm import Session
 
 from modelfleet.errors import ConflictError, NotFoundError
+from modelfleet.store._driver import as_json, as_utc, driver_rows
 from modelfleet.store._registry import find_bundle
-from modelfleet.store._tables import BundleRow, Device, Pin
+from modelfleet.store._tables import Device, Pin
 
 __all__ = [
     "CandidateKind",
@@ -31,9 +32,6 @@ __all__ = [
     "resolve_pins",
     "selector_matches",
 ]
-
-_pins = cast("Table", Pin.__table__)
-_bundles = cast("Table", BundleRow.__table__)
 
 
 CandidateKind = Literal["device", "selector", "newest"]
@@ -135,42 +133,34 @@ def delete_pin(session: Session, pin_id: int) -> Pin:
     return pin
 
 
-def _candidate_statements() -> tuple[Executable, Executable]:
-    """The candidate query without and with the newest-release part, built once (building costs more than running)."""
-    p, b, later = _pins, _bundles, _bundles.alias("later")
-    bundle_columns = (b.c.model, b.c.version, b.c.release, b.c.sha256, b.c.size)
-    pins = (
-        select(p.c.id.label("pin_id"), *bundle_columns, p.c.device_id, p.c.selector, p.c.created_at)
-        .join(b, (b.c.model == p.c.model) & (b.c.version == p.c.version))
-        .where((p.c.device_id == bindparam("device_id")) | p.c.device_id.is_(None), b.c.yanked_at.is_(None))
-    )
-    top = select(func.max(later.c.release)).where(later.c.model == b.c.model, later.c.yanked_at.is_(None))
-    pin_id, device_id, selector, created_at = (
-        null().label(name) for name in ("pin_id", "device_id", "selector", "created_at")
-    )
-    newest = select(pin_id, *bundle_columns, device_id, selector, created_at).where(
-        b.c.model.in_(bindparam("models", expanding=True)),
-        b.c.yanked_at.is_(None),
-        b.c.release == top.scalar_subquery(),
-    )
-    return pins, union_all(pins, newest)
-
-
-_PINS_ONLY, _PINS_AND_NEWEST = _candidate_statements()
+# The device's own pins and every selector pin (both by the device_id index), with their unyanked bundles.
+_PINS = (
+    "SELECT p.id, b.model, b.version, b.release, b.sha256, b.size, p.device_id, p.selector, p.created_at"
+    " FROM pins p JOIN bundles b ON b.model = p.model AND b.version = p.version"
+    " WHERE (p.device_id = ? OR p.device_id IS NULL) AND b.yanked_at IS NULL"
+)
+# The newest unyanked release of each named model (by the (model, release) unique index).
+_NEWEST = (
+    " UNION ALL SELECT NULL, b.model, b.version, b.release, b.sha256, b.size, NULL, NULL, NULL FROM bundles b"
+    " WHERE b.model IN ({models}) AND b.yanked_at IS NULL"
+    " AND b.release = (SELECT max(l.release) FROM bundles l WHERE l.model = b.model AND l.yanked_at IS NULL)"
+)
 
 
 def pin_candidates(conn: Connection, device_id: str, installed: Iterable[str] = ()) -> list[PinCandidate]:
-    """Every candidate for one device in one query.
+    """Every candidate for one device in one query (run on the driver: see ``_driver``).
 
     The device's own pins and every selector pin with their unyanked bundles,
     plus the newest unyanked release of each model in ``installed``.
     """
     models = sorted(set(installed))
-    if models:
-        rows = conn.execute(_PINS_AND_NEWEST, {"device_id": device_id, "models": models})
-    else:
-        rows = conn.execute(_PINS_ONLY, {"device_id": device_id})
-    return [PinCandidate(*row) for row in rows]
+    sql = _PINS + _NEWEST.format(models=", ".join("?" * len(models))) if models else _PINS
+    return [
+        PinCandidate(pin_id, model, version, release, sha256, size, pinned, as_json(selector), as_utc(created))
+        for pin_id, model, version, release, sha256, size, pinned, selector, created in driver_rows(
+            conn, sql, (device_id, *models)
+        )
+    ]
 
 
 def selector_matches(selector: Mapping[str, str], tags: Mapping[str, str]) -> bool:

@@ -501,3 +501,72 @@ def test_one_flow_on_postgresql_with_two_workers(database_url, model, tmp_path):
         assert devices[1].checkin().status_code == 401
     finally:
         stop_server(server)
+
+
+# ----------------------------------------------------------------------------- rollouts
+
+ROLLOUT_SPEC = """\
+model: digits
+version: 1.1.0
+selector: {fleet: rollout-cli}
+stages:
+  - {percent: 50, min_duration: 10m}
+  - {percent: 100}
+gates:
+  - {metric: mean_confidence, margin: 0.02}
+planning: {device_sd: {mean_confidence: 0.05}}
+"""
+
+
+def test_a_rollout_from_plan_to_fleet_wide_rollback_through_the_cli(server, pushed, tmp_path):
+    spec = tmp_path / "rollout.yaml"
+    spec.write_text(ROLLOUT_SPEC)
+    device = Device(server, "pump-rollout")
+    server.admin("devices", "preauthorize", device.id, "--public-key", str(device.public_key_pem(tmp_path / "d.pem")))
+    assert device.enroll().status_code == 200
+    assert server.admin("devices", "tag", device.id, "fleet=rollout-cli").returncode == 0
+
+    planned = server.admin("rollout", "plan", str(spec))
+    assert planned.returncode == 1, "one target device cannot detect a 0.02 margin"
+    assert "needs" in planned.stderr
+    assert "compared devices but the stage reaches only 0" in planned.stderr
+    refused = server.admin("rollout", "start", str(spec))
+    assert refused.returncode == 1
+    assert "plan_infeasible" in refused.stderr
+
+    started = server.admin("rollout", "start", str(spec), "--force", "--json")
+    assert started.returncode == 0, started.stderr
+    rollout = json.loads(started.stdout)
+    assert (rollout["state"], rollout["baseline_version"]) == ("canary", "1.0.0")
+    for command in ("pause", "resume", "rollback"):
+        done = server.admin("rollout", command, rollout["id"])
+        assert done.returncode == 0, done.stderr
+    again = server.admin("rollout", "resume", rollout["id"])
+    assert again.returncode == 1
+    # no device reports 1.1.0, so the reconciler's next look may already have finished the rollback
+    assert re.search(r"'resume' is not allowed while the rollout is (rolling_back|rolled_back)", again.stderr)
+
+    status = server.admin("rollout", "status", rollout["id"], "--json")
+    decisions = [(d["event"], d["to_state"]) for d in json.loads(status.stdout)["decisions"]]
+    assert decisions[:4] == [
+        ("start", "canary"),
+        ("pause", "paused"),
+        ("resume", "canary"),
+        ("rollback", "rolling_back"),
+    ]
+    assert decisions[4:] in ([], [("rollback_done", "rolled_back")])
+    assert "rollback" in server.admin("rollout", "status", rollout["id"]).stdout
+
+    body = {
+        "inventory": PROFILE.model_dump(mode="json"),
+        "installed": [{"model": "digits", "version": "1.1.0", "release": 2, "state": "committed"}],
+    }
+    headers = {"Authorization": f"Bearer {device.credential}"}
+    time.sleep(1.1)  # the server re-reads started rollouts at most once a second per process
+    answer = httpx.post(f"{server.url}/v1/devices/checkin", json=body, headers=headers, trust_env=False).json()
+    (wanted,) = answer["desired"]
+    assert (wanted["version"], wanted["rollback"], wanted["rollout_id"]) == ("1.0.0", True, rollout["id"])
+
+    audit = httpx.get(f"{server.url}/v1/admin/audit", headers={"Authorization": f"Bearer {server.token}"},
+                      params={"action": "rollout.plan_forced"}, trust_env=False).json()  # fmt: skip
+    assert [entry["target"] for entry in audit] == [rollout["id"]]

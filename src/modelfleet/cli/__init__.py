@@ -19,6 +19,7 @@ from modelfleet.cli._console import run_guarded
 from modelfleet.cli._db import db_app
 from modelfleet.cli._demo import demo
 from modelfleet.cli._keys import keys_app
+from modelfleet.cli._rollout import rollout_app
 from modelfleet.cli._server import server_app
 
 __all__ = ["app", "main"]
@@ -43,6 +44,7 @@ app.add_typer(pins_app, name="pins")
 app.command("unpin")(unpin)
 app.add_typer(enrollment_token_app, name="enrollment-token")
 app.add_typer(agent_app, name="agent")
+app.add_typer(rollout_app, name="rollout")
 
 
 def _version(value: bool) -> None:

@@ -331,3 +331,27 @@ def test_the_drift_settings_live_in_server_json(server_config):
         tuple(drift["command"]),
     )
     assert SECRET not in repr(loaded)
+
+
+def test_a_version_drifting_where_its_parent_does_not_rolls_back_its_rollout_when_configured(
+    drifting_fleet, fleet, engine, clock
+):
+    parent_devices = [fleet.device(f"dev-old-{i}", tags={"site": s}) for i, s in enumerate(["north", "south"] * 5)]
+    drifting_fleet[2].windows(parent_devices, "1.0.0", "stable")
+    spec = {
+        "model": "digits", "version": "1.1.0", "stages": [{"percent": 100}],
+        "gates": [{"metric": "error_rate", "margin": 0.01}], "planning": {"device_sd": {"error_rate": 0.001}},
+    }  # fmt: skip
+    created = fleet.client.post("/v1/admin/rollouts?force=true", json=spec, headers=fleet.admin())
+    assert created.status_code == 201, created.text
+    rollout_id = created.json()["id"]
+
+    check_drift(engine, clock, settings(), RetrainNotifier(settings()))  # advice only by default
+    assert fleet.client.get(f"/v1/admin/rollouts/{rollout_id}", headers=fleet.admin()).json()["state"] == "canary"
+
+    check_drift(engine, clock, settings(rollback_on_drift=True), RetrainNotifier(settings()))
+    rollout = fleet.client.get(f"/v1/admin/rollouts/{rollout_id}", headers=fleet.admin()).json()
+    assert rollout["state"] == "rolling_back"
+    (rollback,) = [d for d in rollout["decisions"] if d["event"] == "rollback"]
+    assert rollback["actor"] == "drift-monitor"
+    assert rollback["reason"].startswith("drift: ")

@@ -35,16 +35,25 @@ from typing import Any, Literal
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
 from modelfleet import __version__
 from modelfleet.bundle import References, parse_manifest
 from modelfleet.clock import Clock
 from modelfleet.errors import NotFoundError
-from modelfleet.rollout import DriftPolicy, FleetDrift, VersionComparison, compare_with_parent, evaluate_drift
+from modelfleet.rollout import (
+    DriftPolicy,
+    Event,
+    FleetDrift,
+    VersionComparison,
+    compare_with_parent,
+    evaluate_drift,
+    run_command,
+)
 from modelfleet.store import (
     RecentSummaries,
+    RolloutRow,
     append_audit,
     find_bundle,
     last_audit_action,
@@ -104,6 +113,8 @@ class DriftSettings(BaseModel):
         webhook_backoff_max_seconds: cap of one backoff.
         command: argv run with the event JSON on stdin (None: no command).
         command_timeout_seconds: bound on the command's run time.
+        rollback_on_drift: roll back a version's running rollout when it drifts significantly more
+            than its parent over the same period and tags (the decision goes to the rollout's audit trail).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -122,6 +133,7 @@ class DriftSettings(BaseModel):
     webhook_backoff_max_seconds: float = Field(default=60.0, ge=0, le=3600)
     command: tuple[str, ...] | None = Field(default=None, min_length=1, max_length=64)
     command_timeout_seconds: float = Field(default=60.0, gt=0, le=3600)
+    rollback_on_drift: bool = False
 
     @model_validator(mode="after")
     def _signed(self) -> DriftSettings:
@@ -473,8 +485,41 @@ def check_drift(engine: Engine, clock: Clock, settings: DriftSettings, notifier:
             check, event = _record(engine, drift)
             if event is not None:
                 check = _deliver(engine, check, event, notifier)
+            if settings.rollback_on_drift:
+                _roll_back_drifting(engine, drift, now)
         except Exception:
             log.exception("drift check of %s %s failed", model, version, extra={"model": model, "version": version})
             continue
         checks.append(check)
     return checks
+
+
+DRIFT_ROLLBACK_ACTOR = "drift-monitor"
+_ROLLBACK_FROM = ("lab", "canary", "awaiting_approval", "paused", "complete")
+
+
+def _roll_back_drifting(engine: Engine, drift: VersionDrift, now: datetime) -> str | None:
+    """Roll back the rollout of a version that drifts where its parent does not; return its id if rolled back."""
+    comparison = drift.comparison
+    if comparison is None or not comparison.rollback_recommended:
+        return None
+    result = drift.result
+    with session_factory(engine).begin() as session:
+        rollout_id = session.scalar(
+            select(RolloutRow.id)
+            .where(
+                RolloutRow.model == result.model,
+                RolloutRow.version == result.version,
+                RolloutRow.state.in_(_ROLLBACK_FROM),
+            )
+            .order_by(RolloutRow.created_at.desc())
+            .limit(1)
+        )
+        if rollout_id is None:
+            return None
+        reason = f"drift: {comparison.reason}"
+        run_command(
+            session, rollout_id, Event.ROLLBACK, actor=DRIFT_ROLLBACK_ACTOR, role="admin", now=now, reason=reason
+        )
+    log.warning("rolled back %s: %s", rollout_id, reason, extra={"rollout_id": rollout_id, "model": result.model})
+    return rollout_id

@@ -6,7 +6,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from modelfleet.protocol import Artifact, CheckinResponse, DesiredModel
 from modelfleet.server import create_app
+from modelfleet.server._checkin import AnswerCache
 from modelfleet.store import Device as DeviceRow
 
 # (device tags, pins as (version, "device" | selector), installed (version, release), expected version)
@@ -196,3 +198,32 @@ def test_the_flusher_writes_periodically_and_at_shutdown(server_config, clock, e
         assert last_seen(engine)[early.id] == clock.now()
         app.state.server.last_seen.note(late.id, clock.now())
     assert last_seen(engine)[late.id] == clock.now()
+
+
+# device id, desired versions -> the cached answer is byte for byte the schema's own JSON
+ANSWERS = [
+    ("dev-1", ("1.0.0",)),
+    ("dev-1", ()),
+    ('dév-ü"quoted\\', ("1.0.0", "1.1.0")),
+]
+
+
+@pytest.mark.parametrize(("device_id", "versions"), ANSWERS)
+def test_a_cached_answer_is_the_bytes_the_response_schema_makes(device_id, versions):
+    desired = tuple(
+        DesiredModel(
+            model=f"model-{n}",
+            version=version,
+            release=n + 1,
+            rollout_id="r-1" if n else None,
+            artifact=Artifact(url=f"http://x/v1/artifacts/{'a' * 64}", sha256="a" * 64, size=n),
+        )
+        for n, version in enumerate(versions)
+    )
+    cache = AnswerCache(entries=1)
+    for _ in range(2):  # a miss, then a hit
+        content = cache.content(device_id, desired, 300)
+        assert (
+            content
+            == CheckinResponse(device_id=device_id, desired=desired, poll_seconds=300).model_dump_json().encode()
+        )

@@ -15,10 +15,11 @@ from dataclasses import replace
 from typing import Any
 
 from fastapi import Request, Response
+from pydantic import TypeAdapter
 from sqlalchemy import Connection
 from starlette.concurrency import run_in_threadpool
 
-from modelfleet.protocol import CheckinRequest, CheckinResponse
+from modelfleet.protocol import CheckinRequest, DesiredModel
 from modelfleet.server._auth import accepted_device, bearer_token
 from modelfleet.server._body import parse_json, request_body
 from modelfleet.server._state import ServerState
@@ -28,6 +29,7 @@ __all__ = [
     "CHECKIN_OPENAPI",
     "CHECKIN_PATH",
     "REPORT_CACHE_ENTRIES",
+    "AnswerCache",
     "ReportCache",
     "answer",
     "etag_matches",
@@ -103,6 +105,35 @@ class ReportCache:
 _REPORTS = ReportCache(REPORT_CACHE_ENTRIES)
 
 
+class AnswerCache:
+    """The JSON of each distinct desired state, newest ``entries`` kept.
+
+    Devices alike are told alike things, so the desired part of an answer is
+    serialised once and spliced between the device id and the poll interval;
+    the bytes are those ``CheckinResponse.model_dump_json()`` makes.
+    """
+
+    def __init__(self, entries: int) -> None:
+        self._entries = entries
+        self._desired: dict[tuple[DesiredModel, ...], bytes] = {}
+
+    def content(self, device_id: str, desired: tuple[DesiredModel, ...], poll_seconds: int) -> bytes:
+        """The JSON body of a check-in answer."""
+        part = self._desired.get(desired)
+        if part is None:
+            part = _DESIRED_JSON.dump_json(desired)
+            if len(self._desired) >= self._entries:
+                del self._desired[next(iter(self._desired))]
+            self._desired[desired] = part
+        head = _DEVICE_ID_JSON.dump_json(device_id)
+        return b'{"device_id":%b,"desired":%b,"poll_seconds":%d}' % (head, part, poll_seconds)
+
+
+_DESIRED_JSON = TypeAdapter(tuple[DesiredModel, ...])
+_DEVICE_ID_JSON = TypeAdapter(str)
+_ANSWERS = AnswerCache(REPORT_CACHE_ENTRIES)
+
+
 def report_hash(report: dict[str, Any]) -> str:
     """The sha256 of a report's JSON content (key order does not matter)."""
     text = json.dumps(report, sort_keys=True, separators=(",", ":"))
@@ -130,9 +161,8 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
 
 def answer(state: ServerState, connection: Connection, device: DeviceRecord, if_none_match: str | None) -> Response:
     """The desired state as JSON with its ETag, or 304 when the device already has it."""
-    desired = state.resolver(connection, device, state.config.public_url)
-    body = CheckinResponse(device_id=device.id, desired=tuple(desired), poll_seconds=state.config.poll_seconds)
-    content = body.model_dump_json().encode("utf-8")
+    desired = tuple(state.resolver(connection, device, state.config.public_url))
+    content = _ANSWERS.content(device.id, desired, state.config.poll_seconds)
     etag = f'"{hashlib.sha256(content).hexdigest()}"'
     state.metrics.checkins.inc()
     if etag_matches(if_none_match, etag):

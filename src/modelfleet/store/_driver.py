@@ -24,6 +24,8 @@ from sqlalchemy.exc import DBAPIError
 __all__ = ["as_json", "as_utc", "driver_rows"]
 
 _PARAMSTYLE_FORMAT = {"format", "pyformat"}
+_DECODED_BOUND = 4096
+_DECODED: dict[str, Any] = {}
 
 
 def driver_rows(conn: Connection, sql: str, parameters: Sequence[Any]) -> list[tuple[Any, ...]]:
@@ -55,8 +57,21 @@ def driver_rows(conn: Connection, sql: str, parameters: Sequence[Any]) -> list[t
 
 
 def as_json(value: Any) -> Any:  # noqa: ANN401 - a JSON document
-    """A JSON column's value: SQLite hands over its text, psycopg the decoded document."""
-    return json.loads(value) if isinstance(value, str | bytes) else value
+    """A JSON column's value: SQLite hands over its text, psycopg the decoded document.
+
+    Texts seen before (a few selectors, tag sets and installed lists recur on
+    every check-in) are decoded once; the documents are shared, so callers
+    must treat them as read-only (they are typed as ``Mapping``/``Sequence``).
+    """
+    if not isinstance(value, str):
+        return value
+    decoded = _DECODED.get(value)
+    if decoded is None:
+        decoded = json.loads(value)
+        if len(_DECODED) >= _DECODED_BOUND:
+            del _DECODED[next(iter(_DECODED))]
+        _DECODED[value] = decoded
+    return decoded
 
 
 def as_utc(value: datetime | str | None) -> datetime | None:

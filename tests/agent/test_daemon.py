@@ -25,13 +25,24 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import uvicorn
 
-from modelfleet.agent import Agent, AgentConfig, DownloadPolicy, HealthPolicy, agent_status
+from modelfleet.agent import (
+    Agent,
+    AgentConfig,
+    DownloadPolicy,
+    HealthPolicy,
+    Predictor,
+    RuntimeConfig,
+    SlotStore,
+    agent_status,
+)
 from modelfleet.bundle import BuildOptions, DeviceProfile, PublicKey, SigningKey, ValidationSet, build_bundle
 from modelfleet.server import ServerConfig, create_app, init_server, load_server_config
 from modelfleet.sim import ModelCase
+from modelfleet.sim.models import trap_classifier
 from modelfleet.telemetry import Summary
 
 MODEL = "digits"
@@ -45,6 +56,7 @@ class SignedBundles:
 
     trusted_key: Path
     versions: dict[str, Path]
+    signing_key: Path
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +71,7 @@ def signed(digits_case: ModelCase, tmp_path_factory: pytest.TempPathFactory) -> 
         options = BuildOptions(name=MODEL, version=version, release=release, golden_count=4)
         build_bundle(digits_case.path, validation, [key], out, options)
         versions[version] = out
-    return SignedBundles(made.trusted_key, versions)
+    return SignedBundles(made.trusted_key, versions, made.signing_key)
 
 
 class LiveServer:
@@ -122,11 +134,12 @@ class LiveServer:
         assert reply.status_code == 201, reply.text
         return str(reply.json()["token"])
 
-    def pin(self, version: str) -> None:
-        """Pin ``version`` for devices tagged ``site=lab`` (what the enrollment tokens apply)."""
+    def pin(self, version: str) -> int:
+        """Pin ``version`` for devices tagged ``site=lab`` (what the enrollment tokens apply); the pin's id."""
         body = {"model": MODEL, "version": version, "selector": {"site": "lab"}}
         reply = self.admin.post("/v1/admin/pins", json=body)
         assert reply.status_code == 201, reply.text
+        return int(reply.json()["id"])
 
     def events(self, device_id: str = DEVICE) -> list[dict[str, Any]]:
         reply = self.admin.get("/v1/admin/events", params={"device_id": device_id, "limit": 1000})
@@ -154,7 +167,9 @@ def live(tmp_path: Path, signed: SignedBundles) -> Iterator[LiveServer]:
     server.close()
 
 
-def make_agent(data_dir: Path, live: LiveServer, device: DeviceProfile, token: str | None) -> Agent:
+def make_agent(
+    data_dir: Path, live: LiveServer, device: DeviceProfile, token: str | None, health: HealthPolicy | None = None
+) -> Agent:
     config = AgentConfig(
         server=live.url,
         device_id=DEVICE,
@@ -168,7 +183,7 @@ def make_agent(data_dir: Path, live: LiveServer, device: DeviceProfile, token: s
         config,
         profile=device,
         download=download,
-        health=HealthPolicy(latency_runs=3),
+        health=health or HealthPolicy(latency_runs=3),
         rng=random.Random(7),  # noqa: S311 - jitter
         backoff_base_s=0.5,
         backoff_cap_s=30.0,
@@ -466,3 +481,45 @@ def test_admin_wake_makes_a_polling_agent_check_in_at_once(
             process.kill()
             process.wait(10)
         live.close()
+
+
+def test_a_version_that_fails_its_first_live_inferences_is_rolled_back_and_reported(
+    tmp_path: Path, live: LiveServer, signed: SignedBundles, digits_case: ModelCase, device: DeviceProfile
+) -> None:
+    """2.0.0 passes its golden vectors but raises on a live input: the agent rolls back and tells the server."""
+    key = SigningKey.from_file(signed.signing_key)
+    trap = trap_classifier(tmp_path / "trap.onnx", batch=None).path
+    bundle = tmp_path / "digits-2.0.0.mfb"
+    options = BuildOptions(name=MODEL, version="2.0.0", release=3, golden_count=4, fallback_class=7)
+    build_bundle(trap, ValidationSet(inputs={"X": digits_case.x_val}, labels=digits_case.y_val), [key], bundle, options)
+    live.push(bundle)
+    data_dir = tmp_path / "agent"
+    with make_agent(data_dir, live, device, live.enrollment_token()) as agent:  # no live watch: 1.0.0 commits
+        pin = live.pin("1.0.0")
+        assert agent.step().ok
+        assert agent.installed()[0].version == "1.0.0"
+    assert live.admin.delete(f"/v1/admin/pins/{pin}").status_code == 204
+    live.pin("2.0.0")
+    watching = HealthPolicy(latency_runs=3, live_inferences=3, max_live_errors=0)
+    with make_agent(data_dir, live, device, None, health=watching) as agent:
+        assert agent.step().ok
+        assert agent.installer.journal(MODEL).state.value == "trial"  # golden vectors passed; live calls pending
+        slot = SlotStore(data_dir).current(MODEL)
+        assert slot is not None
+        manifest = slot.manifest()
+        with Predictor(manifest, slot.path / manifest.model.file, config=RuntimeConfig(timeout_s=5.0)) as app:
+            agent.use_predictor(app)
+            good = app.predict(digits_case.x_val[:1])
+            assert (good.version, good.fallback) == ("2.0.0", False)
+            failed = app.predict(np.full((1, 64), -1000.0, np.float32))  # the trap raises inside ONNX Runtime
+            assert failed.fallback
+            assert agent._woken.is_set()  # the verdict woke the loop
+            result = agent.step()
+            agent.use_predictor(None)
+        assert result.ok, result.error
+        assert agent.installer.journal(MODEL).state.value == "rolled_back"
+        assert agent.installed()[0].version == "1.0.0"
+    rolled_back = [event for event in live.events() if event["kind"] == "rolled_back"]
+    assert len(rolled_back) == 1
+    assert "1 of the first 2 live inferences failed" in rolled_back[0]["reason"]
+    assert rolled_back[0]["version"] == "2.0.0"

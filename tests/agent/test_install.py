@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import random
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -92,7 +93,15 @@ def root_v1(on_v1, tmp_path, kit) -> Path:
 def agent_on(root: Path, kit, sink, **overrides) -> Installer:
     checkpoint = overrides.pop("checkpoint", None)
     clock = overrides.pop("clock", None)
-    return Installer(root, kit.config(**overrides), sink=sink, checkpoint=checkpoint, clock=clock)
+    rng = overrides.pop("rng", None)
+    return Installer(root, kit.config(**overrides), sink=sink, checkpoint=checkpoint, clock=clock, rng=rng)
+
+
+class Longest(random.Random):
+    """Backoff jitter that always waits the longest, so a retry is never due by chance."""
+
+    def uniform(self, a: float, b: float) -> float:  # noqa: ARG002 - random.Random's signature
+        return b
 
 
 def current(root: Path) -> str | None:
@@ -315,29 +324,93 @@ def test_a_bundle_signed_by_an_unknown_key_is_refused_before_download(root_v1, k
     assert all(r.range and r.range.startswith("bytes=0-") for r in kit.server.seen("stranger.mfb"))
 
 
+# A transport failure leaves the install waiting in ``downloading`` for a retry; bad bytes fail the version.
 HOSTILE_SERVERS = {
-    "stalls": ({"stall_after": 12 * 1024}, "download_failed", "stalled"),
-    "trickles": ({"chunk": 64, "delay": 0.05}, "download_failed", "too_slow"),
-    "oversends": ({"extra": b"\x00" * 4096}, "download_failed", "oversized"),
-    "oversends_without_length": ({"extra": b"\x00" * 4096, "declare_length": False}, "download_failed", "oversized"),
-    "answers_500": ({"status": 500}, "download_failed", "http_5xx"),
-    "answers_404": ({"status": 404}, "download_failed", "http_404"),
+    "stalls": ({"stall_after": 12 * 1024}, "stalled", UpdateState.DOWNLOADING),
+    "trickles": ({"chunk": 64, "delay": 0.05}, "too_slow", UpdateState.DOWNLOADING),
+    "oversends": ({"extra": b"\x00" * 4096}, "oversized", UpdateState.FAILED),
+    "oversends_without_length": ({"extra": b"\x00" * 4096, "declare_length": False}, "oversized", UpdateState.FAILED),
+    "answers_500": ({"status": 500}, "http_5xx", UpdateState.DOWNLOADING),
+    "answers_404": ({"status": 404}, "http_404", UpdateState.DOWNLOADING),
 }
 
 
 @pytest.mark.parametrize("behaviour", sorted(HOSTILE_SERVERS))
 def test_a_hostile_server_leaves_the_running_model_untouched(behaviour, root_v1, kit, sink):
-    knobs, kind, code = HOSTILE_SERVERS[behaviour]
+    knobs, code, state = HOSTILE_SERVERS[behaviour]
     name = f"hostile-{behaviour}.mfb"
     kit.serve(name, kit.bundles.v2.data, **knobs)
     impatient = DownloadPolicy(deadline_s=10, read_timeout_s=0.5, window_s=0.5, max_retries=0, head_bytes=2048)
     with agent_on(root_v1, kit, sink, download=impatient) as agent:
         journal = agent.assign(kit.desired(kit.bundles.v2, name))
 
-    assert journal.state == UpdateState.FAILED
+    assert journal.state == state
     assert current(root_v1) == kit.bundles.v1.slot
-    assert sink.of(kind).detail["code"] == code
+    assert sink.of("download_failed").detail["code"] == code
+    assert journal.has_failed(journal.target) == (state == UpdateState.FAILED)
+    # Only a download waiting to resume may keep its partial file.
+    assert all(entry.endswith(".partial") for entry in kit.leftovers(root_v1))
+    if state == UpdateState.FAILED:
+        assert kit.leftovers(root_v1) == []
+
+
+def test_a_transport_failure_is_retried_with_backoff_at_a_later_check_in(root_v1, kit, sink):
+    """A connection reset defers the install; after the backoff the next call downloads it and commits."""
+    name = "resets-once.mfb"
+    half = len(kit.bundles.v2.data) // 2
+    # The header probe asks for 2 KiB, 8 KiB, then the whole (small) bundle: the third reply is cut.
+    kit.serve(name, kit.bundles.v2.data, chunk=512, drop_after=half, drops=3)
+    clock = ManualClock(datetime(2026, 11, 23, 12, 0, tzinfo=UTC))
+    no_retry_inside = DownloadPolicy(deadline_s=10, read_timeout_s=1, max_retries=0, head_bytes=2048)
+    with agent_on(root_v1, kit, sink, download=no_retry_inside, clock=clock, retry_base_s=60.0) as agent:
+        desired = kit.desired(kit.bundles.v2, name)
+        first = agent.assign(desired)
+        assert first.state == UpdateState.DOWNLOADING
+        assert (first.retries, first.code) == (1, "connection")
+        assert first.retry_after is not None
+        assert first.failed == ()
+        requests = len(kit.server.seen(name))
+
+        waiting = agent.assign(desired)  # a check-in inside the backoff does not hammer the server
+        assert waiting.state == UpdateState.DOWNLOADING
+        assert len(kit.server.seen(name)) == requests
+
+        clock.advance(61)  # past the largest first backoff (full jitter under 60 s)
+        done = agent.assign(desired)
+
+    assert done.state == UpdateState.COMMITTED
+    assert current(root_v1) == kit.bundles.v2.slot
+    assert len(kit.server.seen(name)) > requests
+    retry = sink.of("download_failed")
+    assert (retry.detail["retry"], retry.detail["code"]) == (1, "connection")
+    assert sorted(sink.kinds()) == ["committed", "download_failed", "health_passed", "installed"]
     assert kit.leftovers(root_v1) == []
+
+
+def test_a_new_assignment_replaces_a_download_waiting_to_retry(root_v1, kit, sink):
+    kit.serve("down.mfb", kit.bundles.v2.data, status=503)
+    with agent_on(root_v1, kit, sink) as agent:
+        waiting = agent.assign(kit.desired(kit.bundles.v2, "down.mfb"))
+        assert waiting.state == UpdateState.DOWNLOADING
+        replaced = agent.assign(kit.desired(kit.bundles.v2), nonce="rollout-2")
+
+    assert replaced.state == UpdateState.COMMITTED
+    assert (replaced.attempt, replaced.target.assignment) == (waiting.attempt + 1, "rollout-2")
+    assert current(root_v1) == kit.bundles.v2.slot
+
+
+def test_restarts_while_waiting_to_retry_are_not_a_crash_loop(root_v1, kit, sink):
+    kit.serve("down-long.mfb", kit.bundles.v2.data, status=503)
+    config = {"max_state_visits": 1, "retry_base_s": 3600.0, "rng": Longest()}
+    with agent_on(root_v1, kit, sink, **config) as agent:
+        assert agent.assign(kit.desired(kit.bundles.v2, "down-long.mfb")).state == UpdateState.DOWNLOADING
+    for _ in range(3):  # the device reboots during the outage
+        with agent_on(root_v1, kit, sink, **config) as agent:
+            journal = agent.resume()[MODEL]
+
+    assert journal.state == UpdateState.DOWNLOADING
+    assert journal.failed == ()
+    assert current(root_v1) == kit.bundles.v1.slot
 
 
 # ------------------------------------------------------------------ disk full (a real tmpfs)
@@ -385,7 +458,8 @@ def test_disk_full_during_download_is_reported_and_leaves_no_partial_file(small_
     with agent_on(root, kit, sink) as agent:
         journal = agent.assign(kit.desired(kit.bundles.v2, "fills-disk.mfb"))
 
-    assert journal.state == UpdateState.FAILED
+    assert journal.state == UpdateState.DOWNLOADING  # a full disk may clear up: tried again later
+    assert journal.failed == ()
     assert sink.of("download_failed").detail["code"] == "no_space"
     assert current(root) == kit.bundles.v1.slot
     assert kit.leftovers(root) == []
@@ -414,7 +488,7 @@ def test_the_free_space_check_refuses_a_download_that_cannot_fit(root_v1, kit, s
         before = len(kit.server.seen("v2.mfb"))
         journal = agent.assign(kit.desired(kit.bundles.v2))
 
-    assert journal.state == UpdateState.FAILED
+    assert journal.state == UpdateState.DOWNLOADING
     assert sink.of("download_failed").detail["code"] == "no_space"
     ranged = [r for r in kit.server.seen("v2.mfb")[before:] if not (r.range or "").startswith("bytes=0-")]
     assert ranged == []  # only the header probe went out

@@ -44,6 +44,17 @@ SCENARIOS = {
         [S.DOWNLOADING, S.VERIFYING, S.STAGED, S.SWITCHING, S.TRIAL, S.ROLLING_BACK, S.FAILED],
     ),
     "download keeps crashing": ([E.ASSIGNED, E.LOOP], [S.DOWNLOADING, S.FAILED]),
+    "outage, then the download succeeds": (
+        [
+            *(E.ASSIGNED, E.DOWNLOAD_DEFERRED, E.DOWNLOAD_DEFERRED, E.DOWNLOADED),
+            *(E.VERIFIED, E.ACTIVATE, E.SWITCHED, E.HEALTH_PASSED),
+        ],
+        [S.DOWNLOADING, S.DOWNLOADING, S.DOWNLOADING, S.VERIFYING, S.STAGED, S.SWITCHING, S.TRIAL, S.COMMITTED],
+    ),
+    "outage, then another version is assigned": (
+        [E.ASSIGNED, E.DOWNLOAD_DEFERRED, E.ASSIGNED, E.INCOMPATIBLE],
+        [S.DOWNLOADING, S.DOWNLOADING, S.DOWNLOADING, S.FAILED],
+    ),
 }
 
 
@@ -63,9 +74,15 @@ def test_state_names_are_the_protocol_install_states():
     assert [s.value for s in UpdateState] == list(get_args(InstallState))
 
 
-def test_a_new_assignment_leaves_every_terminal_state_and_only_those():
+def test_a_new_assignment_leaves_every_terminal_state_and_replaces_only_a_download():
     leaving = {state for (state, event) in TRANSITIONS if event == E.ASSIGNED}
-    assert leaving == TERMINAL
+    assert leaving == TERMINAL | {S.DOWNLOADING}  # before the switch nothing was touched yet
+
+
+def test_only_a_transport_failure_keeps_the_install_waiting():
+    staying = {(state, event) for (state, event), target in TRANSITIONS.items() if target == state}
+    assert staying == {(S.DOWNLOADING, E.DOWNLOAD_DEFERRED), (S.DOWNLOADING, E.ASSIGNED)}
+    assert next_state(S.DOWNLOADING, E.DOWNLOAD_FAILED) == S.FAILED  # bad bytes still fail the version
 
 
 def test_every_state_with_a_step_can_stop_a_loop():

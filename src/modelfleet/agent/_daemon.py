@@ -10,6 +10,13 @@ summaries wait in the :class:`Outbox` and are marked sent only after the server
 acknowledged them; the server stores each id once, so a resend after a lost
 acknowledgement is harmless (exactly once end to end).
 
+Live health: with ``HealthPolicy.live_inferences`` set, a new version stays on trial
+until the application's :class:`Predictor` served that many calls with it. The
+predictor handed to the agent (:meth:`Agent.use_predictor`; the application gives it
+a new one built on ``current`` after a switch) reports every served call; the first
+verdict wakes the loop, whose next step commits the version or rolls it back and
+reports the reason.
+
 Files in the data directory: ``agent.json`` (server, trust anchors, tags;
 0600 as it may hold the enrollment token), ``identity/`` (key pair,
 credential), ``state.json`` (enrollment status, ETag and the last desired
@@ -246,7 +253,7 @@ class Agent:
         self.client = client or DeviceClient(config.server)
         self.client.credential = self.credentials.load()
         self.outbox = Outbox(data_dir / OUTBOX_FILE)
-        self.predictor = predictor
+        self.predictor: Predictor | None = None
         self._http = httpx.Client(follow_redirects=True, auth=self.client.auth())
         policy = download or DownloadPolicy()
         install = InstallConfig(
@@ -265,6 +272,7 @@ class Agent:
         self._listener = (
             WakeListener(config.mqtt_url, config.device_id, self.wake) if config.mqtt_url is not None else None
         )
+        self.use_predictor(predictor)
 
     def close(self) -> None:
         """Release the wake-up listener, the outbox, the HTTP clients and the installer."""
@@ -280,6 +288,28 @@ class Agent:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def use_predictor(self, predictor: Predictor | None) -> None:
+        """Forward this predictor's telemetry and watch its calls (the previous one's is collected first).
+
+        An application that rebuilds its predictor after a switch hands the new one here, so
+        the first live inferences of a version on trial are counted.
+        """
+        old, self.predictor = self.predictor, None
+        if old is not None:
+            old.observe(None)
+            for summary in old.flush(self._clock.now(), final=True):
+                self.outbox.add_summary(summary)
+            for event in old.drain_events():
+                self.outbox.add_event(event)
+        if predictor is not None:
+            predictor.observe(self._live_inference)
+        self.predictor = predictor
+
+    def _live_inference(self, model: str, version: str, failed: bool) -> None:
+        """One call the application's predictor served: count it for a trial, and act on a verdict at once."""
+        if self.installer.observe_live(model, failed, version=version):
+            self.wake()
 
     def _queue_event(self, event: Event) -> None:
         self.outbox.add_event(event)

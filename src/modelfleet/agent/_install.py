@@ -5,6 +5,10 @@ Steps, each idempotent so that a restart can run it again:
 - ``downloading``: anti-rollback on the assigned release; the bundle header is fetched
   with a ``Range`` request and checked (signatures, identity, release, compatibility
   with the device and the application) before any payload byte; then the download.
+  A transport failure (after the downloader's own retries) does not fail the version:
+  the install waits in ``downloading`` until ``retry_after`` (exponential backoff with
+  full jitter over ``retry_base_s`` .. ``retry_cap_s``) and the next check-in resumes
+  the partial file. A new assignment replaces a waiting download.
 - ``verifying``: ``read_bundle`` against the pinned keys, published as a read-only version.
 - ``staged``: compatibility checked again before activation.
 - ``switching``: ``previous`` then ``current`` moved atomically.
@@ -23,17 +27,18 @@ import errno
 import io
 import logging
 import os
+import random
 import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import Self
 
 from pydantic import ValidationError
 
-from modelfleet.agent._download import Downloader, DownloadPolicy
+from modelfleet.agent._download import Downloader, DownloadPolicy, backoff_delay
 from modelfleet.agent._health import HealthPolicy, LiveVerdict, LiveWatch, check_health
 from modelfleet.agent._journal import Journal, JournalFile, Origin, Target
 from modelfleet.agent._slots import CURRENT, PREVIOUS, Checkpoint, SlotStore
@@ -76,6 +81,7 @@ _E, _S = UpdateEvent, UpdateState
 _EVENT_KINDS: Mapping[UpdateEvent, tuple[EventKind, ...]] = MappingProxyType(
     {
         _E.DOWNLOAD_FAILED: ("download_failed",),
+        _E.DOWNLOAD_DEFERRED: ("download_failed",),
         _E.INCOMPATIBLE: ("incompatible",),
         _E.REFUSED: ("verify_failed",),
         _E.VERIFY_FAILED: ("verify_failed",),
@@ -128,6 +134,8 @@ class InstallConfig:
         download: bounds of downloads.
         health: how the health check runs and how many live inferences it watches.
         limits: bounds for reading bundles.
+        retry_base_s: first backoff ceiling after a download failed in transit; it doubles per failure.
+        retry_cap_s: largest backoff ceiling (and the longest a wall clock set back can postpone a retry).
     """
 
     trusted: TrustedKeys
@@ -138,6 +146,8 @@ class InstallConfig:
     download: DownloadPolicy = field(default_factory=DownloadPolicy)
     health: HealthPolicy = field(default_factory=HealthPolicy)
     limits: BundleLimits = field(default_factory=BundleLimits)
+    retry_base_s: float = 30.0
+    retry_cap_s: float = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +180,7 @@ class Installer:
         downloader: fetches bundles; one is made from ``config.download`` when ``None``.
         checkpoint: called at every :class:`CrashPoint` (a simulator's power cut); by default
             the crash hook of ``settings``.
+        rng: randomness of the retry backoff's jitter.
     """
 
     def __init__(
@@ -182,15 +193,17 @@ class Installer:
         settings: Settings | None = None,
         downloader: Downloader | None = None,
         checkpoint: Checkpoint | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.config = config
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._checkpoint = checkpoint or crash_checkpoint(settings or Settings())
         self.slots = SlotStore(root, keep=config.keep_versions, limits=config.limits, checkpoint=self._checkpoint)
         self._sink = sink
         self._clock = clock or SystemClock()
         self._own_downloader = downloader is None
         self._downloader = downloader or Downloader(config.download)
-        self._live: dict[str, LiveWatch] = {}
+        self._live: dict[str, tuple[str, LiveWatch]] = {}  # model -> (version on trial, its watch)
         self._steps: Mapping[UpdateState, Callable[[Journal], _Outcome | None]] = {
             _S.DOWNLOADING: self._download,
             _S.VERIFYING: self._verify,
@@ -233,6 +246,12 @@ class Installer:
         target = _target(desired, nonce)
         with self.slots.lock(target.model):
             journal = self.journal(target.model)
+            if journal.state == _S.DOWNLOADING and journal.target is not None:
+                if _identity(journal.target) != _identity(target) and not journal.has_failed(target):
+                    # Nothing was touched yet: the download in progress (or waiting to retry) gives way.
+                    self._discard_download(journal.target, keep=target.sha256)
+                    return self._drive(self._start(journal, target))
+                journal = journal.model_copy(update={"target": target})  # the freshest URL for the same bundle
             if journal.state not in TERMINAL:
                 journal = self._drive(journal)
             if journal.state not in TERMINAL or self.slots.link(target.model, CURRENT) == target.slot:
@@ -255,11 +274,17 @@ class Installer:
         with self.slots.lock(model):
             return self._drive(self.journal(model))
 
-    def observe_live(self, model: str, error: bool) -> None:
-        """Count one live inference of ``model`` while its new version is on trial."""
-        watch = self._live.get(model)
-        if watch is not None:
-            watch.observe_live(error)
+    def observe_live(self, model: str, error: bool, *, version: str | None = None) -> bool:
+        """Count one live inference of ``model`` while its new version is on trial (thread-safe).
+
+        An inference of another ``version`` (an application still serving the old one) is not counted.
+        Returns whether the watch has come to a verdict, so the caller can drive the trial on at once.
+        """
+        entry = self._live.get(model)
+        if entry is None or (version is not None and version != entry[0]):
+            return False
+        entry[1].observe_live(error)
+        return entry[1].verdict() != LiveVerdict.PENDING
 
     # ------------------------------------------------------------ driving
 
@@ -274,8 +299,9 @@ class Installer:
         if journal.state in TERMINAL:
             self._finish(journal)
             return journal
-        journal = journal.entering(journal.state)  # a restart inside a state counts as a visit
-        self._save(journal)
+        if not self._waiting(journal):  # a restart while waiting to retry ran nothing that could have crashed
+            journal = journal.entering(journal.state)  # a restart inside a state counts as a visit
+            self._save(journal)
         return self._drive(journal)
 
     def _start(self, journal: Journal, target: Target) -> Journal:
@@ -295,6 +321,8 @@ class Installer:
                 outcome = self._steps[journal.state](journal)
             if outcome is None:
                 return journal
+            if outcome.event == _E.DOWNLOAD_DEFERRED:
+                return self._defer(journal, outcome)  # tried again at a later check-in, not in this one
             journal = self._advance(journal, outcome)
         self._finish(journal)
         return journal
@@ -321,6 +349,66 @@ class Installer:
             self._checkpoint(CrashPoint.AFTER_COMMIT)
         return updated
 
+    def _defer(self, journal: Journal, outcome: _Outcome) -> Journal:
+        """A download failed in transit: stay in ``downloading``, report it, and wait out a backoff.
+
+        The wait is no state entry (the loop counter counts crashes, not outages), and only
+        the latest of these events waits in the journal for a resend.
+        """
+        next_state(journal.state, outcome.event)  # declared in the table, like every other move
+        retries = journal.retries + 1
+        delay = backoff_delay(retries - 1, self._rng, self.config.retry_base_s, self.config.retry_cap_s)
+        at = self._event_time(journal)
+        target = _require_target(journal)
+        reason = (outcome.reason or "download failed")[:2048]
+        event = Event(
+            id=journal.event_id("download_failed", f"retry-{retries}"),
+            kind="download_failed",
+            at=at,
+            model=journal.model,
+            version=target.version,
+            reason=reason,
+            detail={**_event_detail(journal, journal.state, outcome), "retry": retries, "retry_in_s": round(delay, 3)},
+        )
+        kept = tuple(e for e in journal.events if "retry" not in e.detail)
+        updated = journal.model_copy(
+            update={
+                "retries": retries,
+                "retry_after": self._clock.now() + timedelta(seconds=delay),
+                "reason": reason,
+                "code": outcome.code,
+                "events": (*kept, event),
+                "clock_floor": at,
+            }
+        )
+        self._save(updated)
+        logger.warning(
+            "%s %s: download failed in transit (%s); retry %d in %.0f s",
+            journal.model,
+            target.version,
+            outcome.code,
+            retries,
+            delay,
+        )
+        self._emit(event)
+        return updated
+
+    def _waiting(self, journal: Journal) -> bool:
+        """Is a deferred download still in its backoff (a clock set back never postpones it beyond the cap)."""
+        due = journal.retry_after
+        if journal.state != _S.DOWNLOADING or due is None:
+            return False
+        now = self._clock.now()
+        return now < due and due - now <= timedelta(seconds=self.config.retry_cap_s)
+
+    def _discard_download(self, old: Target, *, keep: str) -> None:
+        """Drop the files of a download that a new assignment replaced (unless it is the same bundle)."""
+        if old.sha256 == keep:
+            return
+        downloads = self.slots.downloads_dir(old.model)
+        for suffix in (".mfb", ".partial"):
+            (downloads / f"{old.sha256}{suffix}").unlink(missing_ok=True)
+
     def _finish(self, journal: Journal) -> None:
         """After a terminal state: drop the download, then collect old versions."""
         target = journal.target
@@ -333,29 +421,31 @@ class Installer:
 
     # ------------------------------------------------------------ steps
 
-    def _download(self, journal: Journal) -> _Outcome:
+    def _download(self, journal: Journal) -> _Outcome | None:
         target = _require_target(journal)
+        if self._waiting(journal):
+            return None  # a transport failure waits out its backoff; a later check-in tries again
         try:
             self._check_release(journal, target.release)
         except BadDataError as exc:
             return _Outcome.of(_E.REFUSED, exc)
         if self.slots.exists(target.model, target.slot):
             return _Outcome(_E.DOWNLOADED)  # kept from an earlier install; verified again next
-        refusal = self._precheck(journal, target)
-        if refusal is not None:
-            return refusal
+        return self._precheck(journal, target) or self._fetch(target)
+
+    def _fetch(self, target: Target) -> _Outcome:
+        """Download the bundle: bad bytes fail the version, a failed transfer is retried later."""
+        directory = self.slots.downloads_dir(target.model)
         try:
-            self._fetch(target)
-        except (TransportError, BadDataError) as exc:
+            self._downloader.fetch(
+                target.url, directory, sha256=target.sha256, size=target.size, progress=self._download_progress(target)
+            )
+        except TransportError as exc:
+            return _Outcome.of(_E.DOWNLOAD_DEFERRED, exc)
+        except BadDataError as exc:
             return _Outcome.of(_E.DOWNLOAD_FAILED, exc)
         self._checkpoint(CrashPoint.AFTER_DOWNLOAD)
         return _Outcome(_E.DOWNLOADED)
-
-    def _fetch(self, target: Target) -> None:
-        directory = self.slots.downloads_dir(target.model)
-        self._downloader.fetch(
-            target.url, directory, sha256=target.sha256, size=target.size, progress=self._download_progress(target)
-        )
 
     def _download_progress(self, target: Target) -> Callable[[int], None]:
         def progress(done: int) -> None:
@@ -369,7 +459,7 @@ class Installer:
         try:
             manifest = self._header(target)
         except TransportError as exc:
-            return _Outcome.of(_E.DOWNLOAD_FAILED, exc)
+            return _Outcome.of(_E.DOWNLOAD_DEFERRED, exc)
         except BundleError as exc:
             return _Outcome.of(_E.VERIFY_FAILED, exc)
         return self._judge(journal, target, manifest) or self._compatibility(manifest)
@@ -444,12 +534,13 @@ class Installer:
         target = _require_target(journal)
         if not any(event.kind == "health_passed" for event in journal.events):
             return self._health(journal, target)
-        watch = self._live.setdefault(target.model, self._new_watch())
+        watch = self._live.setdefault(target.model, (target.version, self._new_watch()))[1]
         verdict = watch.verdict()
         if verdict == LiveVerdict.PENDING:
             return None
         if verdict == LiveVerdict.FAILED:
             return _Outcome(_E.HEALTH_FAILED, watch.reason, "live_errors")
+        self._live.pop(target.model, None)
         return self._commit_outcome({"live_inferences": watch.inferences})
 
     def _health(self, journal: Journal, target: Target) -> _Outcome | None:
@@ -461,7 +552,7 @@ class Installer:
             return _Outcome(_E.HEALTH_FAILED, "; ".join(report.reasons), "health", detail)
         if self.config.health.live_inferences == 0:
             return self._commit_outcome(detail)
-        self._live[target.model] = self._new_watch()
+        self._live[target.model] = (target.version, self._new_watch())
         updated, events = self._with_events(journal, journal.state, _Outcome(_E.HEALTH_PASSED, detail=detail), 1)
         self._save(updated)
         for event in events:
@@ -576,6 +667,11 @@ def _target(desired: DesiredModel, nonce: str | None) -> Target:
     except ValidationError as exc:
         msg = f"desired model {desired.model!r} cannot be installed: {exc.errors()[0]['msg']}"
         raise BadDataError(msg, code="bad_assignment") from None
+
+
+def _identity(target: Target) -> tuple[str, str, str]:
+    """What makes two assignments the same install (the URL may change between check-ins)."""
+    return target.version, target.sha256, target.assignment
 
 
 def _require_target(journal: Journal) -> Target:

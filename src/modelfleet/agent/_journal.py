@@ -3,7 +3,8 @@
 It holds what is being installed (:class:`Target`), the state of the lifecycle, how
 often each state was entered for this target (the loop counter that survives
 restarts), where the device came from (to roll back to), the versions that failed,
-and the telemetry events of the current attempt so they can be re-sent after a crash
+how often the download failed in transit and when it may be tried again (``retries``,
+``retry_after``), and the telemetry events of the current attempt so they can be re-sent after a crash
 (their ids are derived from the journal, so a resend is idempotent).
 
 A write is temp file + fsync + rename + directory fsync: after power loss the file is
@@ -106,6 +107,8 @@ class Journal(_Record):
     failed: tuple[FailedVersion, ...] = Field(default=(), max_length=MAX_FAILED)
     events: tuple[Event, ...] = Field(default=(), max_length=32)
     clock_floor: datetime | None = None
+    retries: int = Field(default=0, ge=0)
+    retry_after: datetime | None = None
 
     def entering(self, state: UpdateState) -> Journal:
         """This journal moved to ``state``, with that state's visit counter raised by one."""
@@ -127,6 +130,8 @@ class Journal(_Record):
                 "reason": None,
                 "code": None,
                 "events": (),
+                "retries": 0,
+                "retry_after": None,
             }
         )
 
@@ -149,11 +154,14 @@ class Journal(_Record):
         )
         return self.model_copy(update={"failed": (*self.failed, entry)[-MAX_FAILED:]})
 
-    def event_id(self, kind: EventKind) -> str:
-        """A deterministic event id: the same step of the same attempt always gets the same id."""
+    def event_id(self, kind: EventKind, occasion: str = "") -> str:
+        """A deterministic event id: the same step of the same attempt always gets the same id.
+
+        ``occasion`` tells apart events of one kind within an attempt (the n-th transport retry).
+        """
         target = self.target
         parts = (self.model, target.version, target.sha256, target.assignment) if target else (self.model,)
-        raw = "\x00".join((*parts, str(self.attempt), kind))
+        raw = "\x00".join((*parts, str(self.attempt), kind, *((occasion,) if occasion else ())))
         return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
     def to_bytes(self) -> bytes:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -34,7 +34,10 @@ from modelfleet.clock import Clock, SystemClock
 from modelfleet.errors import IncompatibleError, ModelfleetError
 from modelfleet.telemetry import Event, Role, ShadowComparison, Summarizer, Summary, feature_values
 
-__all__ = ["FailureKind", "InstalledVersion", "Mode", "Prediction", "Predictor"]
+__all__ = ["FailureKind", "InferenceObserver", "InstalledVersion", "Mode", "Prediction", "Predictor"]
+
+InferenceObserver = Callable[[str, str, bool], None]
+"""Told ``(model, version, failed)`` after every call a version served (the agent's live health watch)."""
 
 Mode = Literal["active", "shadow", "time_slice"]
 _TIMEOUTS: frozenset[FailureKind] = frozenset({"timeout", "queue_timeout"})  # the rest count as errors
@@ -230,6 +233,7 @@ class Predictor:
             self.close()
             raise
         self._shadow = self._shadow_runner()
+        self._observer: InferenceObserver | None = None
 
     # ------------------------------------------------------------------ public
 
@@ -267,6 +271,8 @@ class Predictor:
         labels = _labels(label, rows)
         serving = self._serving()
         run = serving.run(feeds, rows, self._config.timeout_s)
+        if self._observer is not None:
+            self._observer(serving.manifest.name, serving.version, run.scores is None)
         features = feature_values(feeds, self._active.layout.input_order) if self._config.telemetry else None
         if run.scores is None:
             serving.observe(features, run, labels, fallback=True)
@@ -283,6 +289,13 @@ class Predictor:
         moment = now or self._clock.now()
         summarizers = [version.summarizer for version in self._loaded if version.summarizer is not None]
         return [summary for summarizer in summarizers for summary in summarizer.flush(moment, final=final)]
+
+    def observe(self, observer: InferenceObserver | None) -> None:
+        """Tell ``observer`` about every served call from now on (``None`` stops it); it must be quick.
+
+        The agent uses it to watch the first live inferences of a version on trial.
+        """
+        self._observer = observer
 
     def drain_events(self) -> list[Event]:
         """Take the events raised since the last call (fallbacks, worker restarts, crash loops)."""

@@ -6,6 +6,13 @@ state, every outcome of a step is an event, and nothing moves except through
 and persists the state in the journal before each step. State names are the
 ``InstallState`` names of the wire protocol.
 
+Only bad data, a failed health check or an incompatibility fail a version. A transport
+failure while downloading (a stall, a reset, a 5xx, a full disk) is ``DOWNLOAD_DEFERRED``:
+the install stays in ``downloading`` and is tried again, with exponential backoff and
+full jitter, at a later check-in; the partial file is kept for a ``Range`` resume.
+While a download waits like that, nothing has been touched, so a new assignment may
+replace it (``(downloading, assigned)``).
+
 ``LOOP`` is raised by the engine when a state was entered more often than allowed
 across restarts. Before the switch that means ``failed`` (the running model was never
 touched); after it the device first restores the previous model (``rolling_back``),
@@ -41,6 +48,7 @@ class UpdateEvent(StrEnum):
     ASSIGNED = "assigned"
     DOWNLOADED = "downloaded"
     DOWNLOAD_FAILED = "download_failed"
+    DOWNLOAD_DEFERRED = "download_deferred"
     INCOMPATIBLE = "incompatible"
     REFUSED = "refused"
     VERIFIED = "verified"
@@ -86,6 +94,8 @@ TRANSITIONS: MappingProxyType[tuple[UpdateState, UpdateEvent], UpdateState] = Ma
         **{(state, _E.ASSIGNED): _S.DOWNLOADING for state in TERMINAL},
         (_S.DOWNLOADING, _E.DOWNLOADED): _S.VERIFYING,
         (_S.DOWNLOADING, _E.DOWNLOAD_FAILED): _S.FAILED,
+        (_S.DOWNLOADING, _E.DOWNLOAD_DEFERRED): _S.DOWNLOADING,
+        (_S.DOWNLOADING, _E.ASSIGNED): _S.DOWNLOADING,
         (_S.DOWNLOADING, _E.INCOMPATIBLE): _S.FAILED,
         (_S.DOWNLOADING, _E.REFUSED): _S.FAILED,
         (_S.DOWNLOADING, _E.VERIFY_FAILED): _S.FAILED,

@@ -136,7 +136,8 @@ def plan_stage(
     sd = _stream_sd(device_sd, control_sd, h)
     z = ndtri(check_probability(power, "power")) + standardized_boundary_constant(check_alpha(alpha))
     burn_in = math.ceil(2 * min_devices_per_arm / min(h, 1.0 - h))
-    needed = max(math.ceil((z * sd / margin) ** 2) + 1, burn_in)
+    by_power = math.ceil((z * sd / margin) ** 2) + 1
+    needed = max(by_power, burn_in)
     duration = timedelta(hours=needed / arrival_rate_per_hour)
     reachable = needed if available_devices is None else min(needed, available_devices)
     feasible, reason = True, f"{needed} compared devices over {duration} catch a degradation of {margin:g}"
@@ -147,6 +148,11 @@ def plan_stage(
             f"needs {needed} compared devices but the stage reaches only {available_devices}; "
             f"with them it can catch a degradation of {mde:.4g}, not {margin:g}"
         )
+        if burn_in >= by_power:
+            reason = (
+                f"needs {needed} compared devices but the stage reaches only {available_devices}: each arm needs "
+                f"{min_devices_per_arm} devices before the gate decides, and the smaller arm is {min(h, 1.0 - h):.0%}"
+            )
     elif max_duration is not None and duration > max_duration:
         feasible = False
         reason = f"needs {duration} at {arrival_rate_per_hour:g} devices/hour, longer than the limit {max_duration}"

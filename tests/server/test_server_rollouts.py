@@ -120,4 +120,9 @@ def test_reconcile_on_demand_and_the_status_shows_the_latest_look(fleet, field):
     assert moved.json() == {"moved": []}
     status = fleet.client.get(f"/v1/admin/rollouts/{rollout['id']}", headers=fleet.admin("viewer")).json()
     assert "gates not yet shown non-inferior" in status["last_evaluation"]["reason"]
+    sizes = status["last_evaluation"]["cohorts"]
+    assert sum(sizes.values()) == 24
+    assert sizes["lab"] == 0
+    assert sizes["treated"] > 0
+    assert sizes["holdout"] > 0
     assert [d["event"] for d in status["decisions"]] == ["start"]

@@ -115,6 +115,9 @@ def status_view(rollout: dict[str, Any]) -> Group:
     parts: list[Any] = [head]
     if evaluation.get("reason"):
         parts.append(Text(f"latest look ({evaluation.get('at', '?')}): {evaluation['reason']}"))
+    sizes = evaluation.get("cohorts") or {}
+    if sizes:
+        parts.append(Text("cohorts: " + ", ".join(f"{name} {count}" for name, count in sizes.items())))
     gates = (evaluation.get("evaluation") or {}).get("gates") or []
     if gates:
         table = Table()

@@ -359,7 +359,8 @@ def _canary(
         treatment_probability=treated_share(spec.holdout_percent, percent) if percent > 0 else 0.5,
         planned_devices=max(row.planned_devices, 2),
     )
-    detail = {"stage": row.stage, "percent": percent, "evaluation": evaluation.as_dict()}
+    sizes = {cohort.value: sum(1 for c in cohorts.values() if c is cohort) for cohort in Cohort}
+    detail = {"stage": row.stage, "percent": percent, "cohorts": sizes, "evaluation": evaluation.as_dict()}
     if evaluation.decision == "rollback":
         return _degraded(spec, _why_rollback(evaluation), detail)
     if awaiting:

@@ -21,6 +21,7 @@ from typing import Self, TypeVar
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from modelfleet.agent._failures import http_failure
 from modelfleet.errors import (
     AuthenticationError,
     BadDataError,
@@ -207,12 +208,9 @@ class DeviceClient:
             raise CredentialRejectedError(msg, code="no_credential")
         try:
             reply = self._http.post(path, content=body, headers={"Content-Type": "application/json", **(headers or {})})
-        except httpx.TimeoutException as exc:
-            msg = f"{self.base_url}{path}: timed out ({type(exc).__name__})"
-            raise TransportError(msg, code="timeout") from None
         except httpx.HTTPError as exc:
-            msg = f"{self.base_url}{path}: {exc or type(exc).__name__}"
-            raise TransportError(msg, code="connection") from None
+            where = f"{self.base_url}{path}"
+            raise http_failure(where, exc) from None
         if reply.status_code < 400:  # noqa: PLR2004 - HTTP status classes
             return reply
         where = f"{self.base_url}{path}"

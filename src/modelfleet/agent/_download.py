@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import errno
 import hashlib
 import logging
 import math
@@ -31,6 +30,7 @@ from typing import BinaryIO, Self
 
 import httpx
 
+from modelfleet.agent._failures import disk_failure, http_failure
 from modelfleet.agent._slots import fsync_dir
 from modelfleet.clock import Clock, SystemClock
 from modelfleet.errors import BadDataError, ConfigError, TransportError
@@ -293,19 +293,15 @@ class Downloader:
             with self._client.stream("GET", transfer.url, headers=headers, timeout=self._timeout(transfer)) as reply:
                 start = self._start_of(reply, transfer, have)
                 self._receive(reply, transfer, start)
-        except httpx.TimeoutException as exc:
-            code = "connect_timeout" if isinstance(exc, httpx.ConnectTimeout) else "stalled"
-            msg = f"{transfer.url}: {code.replace('_', ' ')}: {exc}"
-            raise TransportError(msg, code=code) from None
         except httpx.HTTPError as exc:
-            msg = f"{transfer.url}: connection failed: {exc}"
-            raise TransportError(msg, code="connection") from None
+            raise http_failure(transfer.url, exc, timeout_code="stalled") from None
         except OSError as exc:
-            if exc.errno != errno.ENOSPC:
+            message, code = disk_failure(exc)
+            if code != "no_space":
                 raise
             transfer.partial.unlink(missing_ok=True)
-            msg = f"no space left while downloading {transfer.url}"
-            raise TransportError(msg, code="no_space") from None
+            msg = f"{message} while downloading {transfer.url}"
+            raise TransportError(msg, code=code) from None
 
     def _timeout(self, transfer: _Transfer) -> httpx.Timeout:
         remaining = max(transfer.deadline - self._clock.monotonic(), 0.001)
@@ -395,12 +391,8 @@ class Downloader:
                     if self._clock.monotonic() > deadline:
                         msg = f"download deadline of {self.policy.deadline_s:g} s reached for {url}"
                         raise TransportError(msg, code="deadline")
-        except httpx.TimeoutException as exc:
-            msg = f"{url}: stalled: {exc}"
-            raise TransportError(msg, code="stalled") from None
         except httpx.HTTPError as exc:
-            msg = f"{url}: connection failed: {exc}"
-            raise TransportError(msg, code="connection") from None
+            raise http_failure(url, exc, timeout_code="stalled") from None
         return bytes(data[:count])
 
 

@@ -23,7 +23,6 @@ before the switch and restored by every failure after it.
 
 from __future__ import annotations
 
-import errno
 import io
 import logging
 import os
@@ -39,6 +38,7 @@ from typing import Self
 from pydantic import ValidationError
 
 from modelfleet.agent._download import Downloader, DownloadPolicy, backoff_delay
+from modelfleet.agent._failures import disk_failure
 from modelfleet.agent._health import HealthPolicy, LiveVerdict, LiveWatch, check_health
 from modelfleet.agent._journal import Journal, JournalFile, Origin, Target
 from modelfleet.agent._slots import CURRENT, PREVIOUS, Checkpoint, SlotStore
@@ -164,8 +164,7 @@ class _Outcome:
         """A failure outcome from an error."""
         if isinstance(error, ModelfleetError):
             return cls(event, error.message, error.code)
-        code = "no_space" if error.errno == errno.ENOSPC else "os_error"
-        return cls(event, f"{error.strerror or error} ({error.filename or 'disk'})", code)
+        return cls(event, *disk_failure(error))
 
 
 class Installer:

@@ -15,6 +15,9 @@ injected ``numpy.random.Generator``. The unit of analysis is always the device.
   :func:`jensen_shannon_distance`, :func:`binned_ks_distance`, :func:`persistent_drift`,
   :func:`drift_share_by_group`;
 - label-free performance: :func:`estimated_accuracy`, :func:`prediction_mix_shift`;
+- experiments (docs/adr/0007-experiment-analysis.md): A/B with n variants :func:`analyze_ab`,
+  shadow :func:`analyze_shadow`, time-slice :func:`analyze_time_slice` with :func:`time_slice_schedule`,
+  planning :func:`plan_experiment`, simulation :func:`simulate_experiments`;
 - simulation: :func:`simulate_rollouts`; our gate against a fixed-horizon test, naive peeking
   and a failure-threshold gate on the same runs: :func:`compare_gates`, :func:`fixed_horizon_devices`,
   :func:`fixed_horizon_bounds`, :func:`threshold_gate_aborts`, :func:`clopper_pearson`.
@@ -22,6 +25,7 @@ injected ``numpy.random.Generator``. The unit of analysis is always the device.
 
 from __future__ import annotations
 
+from modelfleet.stats._ab import analyze_ab, sequential_srm_path
 from modelfleet.stats._baselines import fixed_horizon_bounds, fixed_horizon_devices, threshold_gate_aborts
 from modelfleet.stats._compare import (
     Estimate,
@@ -47,6 +51,22 @@ from modelfleet.stats._drift import (
     kl_divergence,
     persistent_drift,
     population_stability_index,
+)
+from modelfleet.stats._experiment_plan import ExperimentPlan, paired_difference_sd, plan_experiment
+from modelfleet.stats._experiment_sim import ExperimentScenario, ExperimentSimulation, simulate_experiments
+from modelfleet.stats._experiments import (
+    INCONCLUSIVE,
+    LOSER,
+    STOPPED,
+    WINNER,
+    Correction,
+    ExperimentAnalysis,
+    ExperimentKind,
+    ExperimentMetric,
+    Lift,
+    VariantVerdict,
+    Verdict,
+    adjust_p_values,
 )
 from modelfleet.stats._gate import (
     CONTINUE,
@@ -80,6 +100,14 @@ from modelfleet.stats._sequential import (
     confidence_sequence_path,
     difference_stream,
 )
+from modelfleet.stats._shadow import (
+    SHADOW_ACCURACY,
+    SHADOW_LATENCY,
+    DeviceInterval,
+    ShadowAnalysis,
+    ShadowLabels,
+    analyze_shadow,
+)
 from modelfleet.stats._simulate import (
     RolloutScenario,
     RolloutSimulation,
@@ -92,35 +120,60 @@ from modelfleet.stats._srm import (
     sample_ratio_mismatch,
     sequential_sample_ratio_p_value,
 )
+from modelfleet.stats._time_slice import Trend, analyze_time_slice, time_slice_schedule, within_device_effects
 
 __all__ = [
     "CONTINUE",
     "DEFAULT_MIN_DEVICES_PER_ARM",
     "DEFAULT_SMOOTHING",
+    "INCONCLUSIVE",
+    "LOSER",
     "PROMOTE",
     "ROLLBACK",
+    "SHADOW_ACCURACY",
+    "SHADOW_LATENCY",
     "SRM_THRESHOLD",
+    "STOPPED",
+    "WINNER",
     "AccuracyEstimate",
     "AdjustedPValues",
     "Alternative",
     "CalibrationMap",
     "ConfidenceSequence",
     "ConfidenceSequencePath",
+    "Correction",
     "Decision",
+    "DeviceInterval",
     "Direction",
     "DriftShare",
     "Estimate",
+    "ExperimentAnalysis",
+    "ExperimentKind",
+    "ExperimentMetric",
+    "ExperimentPlan",
+    "ExperimentScenario",
+    "ExperimentSimulation",
     "GateComparison",
     "GateEvaluation",
     "GateOutcome",
+    "Lift",
     "PredictionMixShift",
     "RatioEstimate",
     "RolloutScenario",
     "RolloutSimulation",
     "SampleRatioCheck",
+    "ShadowAnalysis",
+    "ShadowLabels",
     "StagePlan",
     "ThresholdGate",
+    "Trend",
+    "VariantVerdict",
+    "Verdict",
+    "adjust_p_values",
     "always_valid_p_value",
+    "analyze_ab",
+    "analyze_shadow",
+    "analyze_time_slice",
     "benjamini_hochberg",
     "binned_ks_distance",
     "calibration_map",
@@ -144,15 +197,21 @@ __all__ = [
     "kl_divergence",
     "minimum_detectable_effect",
     "oriented_bounds",
+    "paired_difference_sd",
     "persistent_drift",
+    "plan_experiment",
     "plan_stage",
     "population_stability_index",
     "prediction_mix_shift",
     "ratio_of_means",
     "sample_ratio_mismatch",
     "sequential_sample_ratio_p_value",
+    "sequential_srm_path",
     "simulate_device_values",
+    "simulate_experiments",
     "simulate_rollouts",
     "split_alpha",
     "threshold_gate_aborts",
+    "time_slice_schedule",
+    "within_device_effects",
 ]

@@ -20,6 +20,7 @@ from modelfleet.stats import (
     time_slice_schedule,
     within_device_effects,
 )
+from modelfleet.stats._experiments import VERDICTS, experiment_codes, verdict_codes
 
 ACCURACY = ExperimentMetric("accuracy", "higher_is_better")
 LATENCY = ExperimentMetric("latency_ms", "lower_is_better")
@@ -330,3 +331,25 @@ def test_a_plan_without_the_variance_its_kind_needs_is_refused(kind, arguments, 
     arguments = {"effect": 0.1, "exposure": timedelta(days=1)} | arguments
     with pytest.raises(ValueError, match=match):
         plan_experiment(kind, **arguments)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_the_vectorized_verdict_rule_of_the_simulator_agrees_with_the_analysis(seed):
+    rng = np.random.default_rng(seed)
+    lift = tuple(rng.choice([-0.015, 0.0, 0.015], size=2))
+    slow = tuple(rng.choice([0.0, 1.5], size=2))
+    values, arms = ab_fleet(rng, 2500, accuracy_lift=lift, latency_lift=slow)
+    result = analyze_ab(values, arms, metrics=[ACCURACY, LATENCY], shares=THREE_ARMS, planned_devices=2500)
+    lifts = result.lifts
+    adjusted = np.array([lift.adjusted_p_value for lift in lifts])
+    oriented = np.array([1.0 if lift.better else -1.0 if lift.worse else 0.0 for lift in lifts])
+    codes = verdict_codes(
+        adjusted,
+        oriented,
+        variant_of=np.array([0, 0, 1, 1]),
+        primary=np.array([True, False, True, False]),
+        variants=2,
+        alpha=0.05,
+    )
+    assert [VERDICTS[int(c)] for c in codes] == [v.verdict for v in result.variants]
+    assert VERDICTS[int(experiment_codes(codes))] == result.verdict

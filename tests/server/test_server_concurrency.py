@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from fastapi.testclient import TestClient
 from sqlalchemy import func, make_url, select
 
+from modelfleet.bundle import BuildOptions, SigningKey, build_bundle
 from modelfleet.protocol import EnrollRequest, enrollment_message
 from modelfleet.server import create_app, init_server, load_server_config, save_server_config
 from modelfleet.store import EventRow, SummaryRow, make_engine
@@ -223,3 +224,30 @@ def test_a_lost_postgresql_connection_is_a_503_until_the_pool_reconnects_never_a
     # Each pooled connection that died fails the one request that meets it, as "retry later".
     lost = {(a.status_code, a.json()["error"], a.headers["Retry-After"]) for a in answers[:-1]}
     assert lost <= {(503, "database_unavailable", "1")}
+
+
+def test_a_pin_change_is_seen_by_the_next_check_in_whichever_worker_serves_it(two_workers, bundles, tmp_path):
+    url, admin, config = two_workers
+    key = SigningKey.from_file(config.data_dir / "keys" / "bundle-signing.key")
+    uploads = []
+    for release, version in enumerate(("1.0.0", "1.1.0"), start=1):
+        path = tmp_path / f"digits-{version}.mfb"
+        options = BuildOptions(name="digits", version=version, release=release, labels=bundles.labels)
+        build_bundle(bundles.model, bundles.validation, [key], path, options)
+        uploads.append(path.read_bytes())
+    # No keep-alive: every request is a new connection, which either worker may accept.
+    fresh = httpx.Limits(max_keepalive_connections=0)
+    with httpx.Client(base_url=url, timeout=30, trust_env=False, limits=fresh) as http:
+        for data in uploads:
+            stored = http.post("/v1/admin/bundles", content=data, headers=admin)
+            assert stored.status_code == 201, stored.text
+        token = http.post("/v1/admin/enrollment-tokens", json={"tags": {"ring": "a"}}, headers=admin).json()["token"]
+        device = enroll(http, "pinned-1", token)
+        report = {"inventory": INVENTORY, "installed": []}
+        seen = []
+        for version in ("1.0.0", "1.1.0") * 5:
+            pin = {"model": "digits", "version": version, "selector": {"ring": "a"}}
+            assert http.post("/v1/admin/pins", json=pin, headers=admin).status_code == 201
+            (desired,) = http.post("/v1/devices/checkin", json=report, headers=device).json()["desired"]
+            seen.append(desired["version"])
+    assert seen == ["1.0.0", "1.1.0"] * 5

@@ -19,7 +19,7 @@ from prometheus_client import Counter, Histogram
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from modelfleet.server._checkin import CHECKIN_PATH, handle_checkin
+from modelfleet.server._checkin import CHECKIN_PATH, LoopConnection, handle_checkin
 from modelfleet.server._errors import error_answer
 from modelfleet.server._limits import body_refusal, buffered_body, url_refusal
 from modelfleet.server._state import ServerState
@@ -44,9 +44,24 @@ class RequestGate:
         self.max_body_bytes = state.config.max_body_bytes
         self.streamed = dict(streamed)
         self._instruments: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self._connection = LoopConnection(state.engine)
+
+    def _closing_at_shutdown(self, receive: Receive) -> Receive:
+        """Give the check-ins' kept connection back when shutdown begins, before the app disposes of its engine."""
+
+        async def receive_closing() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                self._connection.close()
+            return message
+
+        return receive_closing
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one request and record its route template, status and duration."""
+        if scope["type"] == "lifespan":
+            await self.app(scope, self._closing_at_shutdown(receive), send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -88,7 +103,7 @@ class RequestGate:
     async def _checkin(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         try:
-            response = await handle_checkin(self.state, request)
+            response = await handle_checkin(self.state, request, self._connection)
         except Exception as exc:  # noqa: BLE001 - answered in the one error shape, as the app's handlers do
             response = await error_answer(request, exc)
         await response(scope, receive, send)

@@ -212,7 +212,7 @@ def table(results: dict[str, Any]) -> list[str]:
 def parse_options(argv: Sequence[str] | None) -> Options:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--runs", type=int, default=1000, help="simulated experiments per fleet and kind")
+    parser.add_argument("--runs", type=int, default=2000, help="simulated experiments per fleet and kind")
     parser.add_argument("--seed", type=int, default=20261207)
     parser.add_argument("--alpha", type=float, default=0.05)
     parser.add_argument("--power", type=float, default=0.8)

@@ -14,6 +14,7 @@ from modelfleet.stats import (
     analyze_shadow,
     analyze_time_slice,
     benjamini_hochberg,
+    fleet_variance,
     holm,
     paired_difference_sd,
     plan_experiment,
@@ -353,3 +354,42 @@ def test_the_vectorized_verdict_rule_of_the_simulator_agrees_with_the_analysis(s
     )
     assert [VERDICTS[int(c)] for c in codes] == [v.verdict for v in result.variants]
     assert VERDICTS[int(experiment_codes(codes))] == result.verdict
+
+
+def test_the_fleet_variance_reads_the_device_spread_and_the_within_device_noise(rng):
+    devices, windows = 4000, 8
+    level = 0.08 * rng.standard_normal((devices, 1))
+    values = 0.85 + level + 0.02 * np.sqrt(windows) * rng.standard_normal((devices, windows))
+    values[::7, 3] = np.nan  # some windows never reported
+    variance = fleet_variance(values)
+    assert variance.devices == devices
+    assert variance.within_sd == pytest.approx(0.02, rel=0.03)
+    assert variance.device_sd == pytest.approx(np.hypot(0.08, 0.02), rel=0.05)
+
+
+def test_the_fleet_variance_needs_two_devices_with_two_windows():
+    with pytest.raises(ValueError, match="two devices"):
+        fleet_variance(np.array([[1.0, 2.0], [3.0, np.nan]]))
+
+
+def test_ab_with_benjamini_hochberg_is_never_stricter_than_holm(rng):
+    values, arms = ab_fleet(rng, 3000, accuracy_lift=(0.01, 0.012))
+    common = {"metrics": [ACCURACY, LATENCY], "shares": THREE_ARMS, "planned_devices": 3000}
+    by_holm = analyze_ab(values, arms, correction="holm", **common)
+    by_bh = analyze_ab(values, arms, correction="bh", **common)
+    assert by_bh.correction == "bh"
+    for holm_lift, bh_lift in zip(by_holm.lifts, by_bh.lifts, strict=True):
+        assert bh_lift.p_value == holm_lift.p_value
+        assert bh_lift.adjusted_p_value <= holm_lift.adjusted_p_value
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_under_holm_an_interval_that_excludes_zero_is_significant(seed):
+    rng = np.random.default_rng(seed)
+    values, arms = ab_fleet(rng, 1500, accuracy_lift=(0.008, -0.008), latency_lift=(0.8, 0.0))
+    result = analyze_ab(values, arms, metrics=[ACCURACY, LATENCY], shares=THREE_ARMS, planned_devices=1500)
+    excluding = [lift for lift in result.lifts if lift.lower > 0 or lift.upper < 0]
+    assert all(lift.significant for lift in excluding)
+    assert all(
+        (lift.lower > 0) == (lift.better if lift.direction == "higher_is_better" else lift.worse) for lift in excluding
+    )

@@ -17,7 +17,7 @@ injected ``numpy.random.Generator``. The unit of analysis is always the device.
 - label-free performance: :func:`estimated_accuracy`, :func:`prediction_mix_shift`;
 - experiments (docs/adr/0007-experiment-analysis.md): A/B with n variants :func:`analyze_ab`,
   shadow :func:`analyze_shadow`, time-slice :func:`analyze_time_slice` with :func:`time_slice_schedule`,
-  planning :func:`plan_experiment`, simulation :func:`simulate_experiments`;
+  planning :func:`plan_experiment` on :func:`fleet_variance`, simulation :func:`simulate_experiments`;
 - simulation: :func:`simulate_rollouts`; our gate against a fixed-horizon test, naive peeking
   and a failure-threshold gate on the same runs: :func:`compare_gates`, :func:`fixed_horizon_devices`,
   :func:`fixed_horizon_bounds`, :func:`threshold_gate_aborts`, :func:`clopper_pearson`.
@@ -52,7 +52,13 @@ from modelfleet.stats._drift import (
     persistent_drift,
     population_stability_index,
 )
-from modelfleet.stats._experiment_plan import ExperimentPlan, paired_difference_sd, plan_experiment
+from modelfleet.stats._experiment_plan import (
+    ExperimentPlan,
+    FleetVariance,
+    fleet_variance,
+    paired_difference_sd,
+    plan_experiment,
+)
 from modelfleet.stats._experiment_sim import ExperimentScenario, ExperimentSimulation, simulate_experiments
 from modelfleet.stats._experiments import (
     INCONCLUSIVE,
@@ -153,6 +159,7 @@ __all__ = [
     "ExperimentPlan",
     "ExperimentScenario",
     "ExperimentSimulation",
+    "FleetVariance",
     "GateComparison",
     "GateEvaluation",
     "GateOutcome",
@@ -191,6 +198,7 @@ __all__ = [
     "evaluate_gate",
     "fixed_horizon_bounds",
     "fixed_horizon_devices",
+    "fleet_variance",
     "gate_decision",
     "holm",
     "jensen_shannon_distance",

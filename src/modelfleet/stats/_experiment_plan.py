@@ -42,13 +42,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
+import numpy as np
+from numpy.typing import ArrayLike
+
 from modelfleet.stats._arrays import check_probability
 from modelfleet.stats._boundary import standardized_boundary_constant
 from modelfleet.stats._experiments import ExperimentKind, side_alpha
 from modelfleet.stats._scipy import ndtri
 from modelfleet.stats._sequential import DEFAULT_MIN_DEVICES_PER_ARM
 
-__all__ = ["ExperimentPlan", "paired_difference_sd", "plan_experiment"]
+__all__ = ["ExperimentPlan", "FleetVariance", "fleet_variance", "paired_difference_sd", "plan_experiment"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +85,47 @@ class ExperimentPlan:
     alpha: float
     power: float
     comparisons: int
+
+
+@dataclass(frozen=True, slots=True)
+class FleetVariance:
+    """The two standard deviations a plan needs, read from the fleet (or the bundle's validation data).
+
+    Attributes:
+        device_sd: sd of one device's value over a whole exposure (device-to-device spread and noise): A/B.
+        within_sd: sd of one device's value around its own level over a whole exposure: shadow, time-slice.
+        devices: devices the estimate rests on.
+    """
+
+    device_sd: float
+    within_sd: float
+    devices: int
+
+
+def fleet_variance(values: ArrayLike) -> FleetVariance:
+    """Estimate :class:`FleetVariance` from a metric per device and window, shape ``[devices, windows]``.
+
+    The exposure is all the windows: a device's value is the mean of its windows
+    (NaN windows are left out). The within sd is the pooled window-to-window sd
+    of a device divided by √(windows per device); a drift across the windows
+    inflates it, which only makes a plan larger.
+    """
+    y = np.asarray(values, dtype=np.float64)
+    seen = np.isfinite(y)
+    counts = seen.sum(axis=-1)
+    if y.ndim != 2 or np.sum(counts >= 2) < 2:  # noqa: PLR2004 - two devices with two windows each
+        msg = "need values [devices, windows] with at least two devices of two windows each"
+        raise ValueError(msg)
+    keep = counts >= 2  # noqa: PLR2004 - a within-device variance needs two windows
+    y, seen, counts = y[keep], seen[keep], counts[keep]
+    means = np.where(seen, y, 0.0).sum(axis=-1) / counts
+    squares = np.where(seen, (y - means[:, None]) ** 2, 0.0).sum()
+    window_var = float(squares / float(np.sum(counts - 1)))
+    return FleetVariance(
+        device_sd=float(np.std(means, ddof=1)),
+        within_sd=math.sqrt(window_var * float(np.mean(1.0 / counts))),
+        devices=int(keep.sum()),
+    )
 
 
 def paired_difference_sd(

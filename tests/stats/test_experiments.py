@@ -393,3 +393,25 @@ def test_under_holm_an_interval_that_excludes_zero_is_significant(seed):
     assert all(
         (lift.lower > 0) == (lift.better if lift.direction == "higher_is_better" else lift.worse) for lift in excluding
     )
+
+
+@pytest.mark.parametrize("devices", [0, 1, 2])
+def test_before_enough_devices_report_every_kind_reads_inconclusive_without_warnings(devices):
+    arms = np.arange(devices) % 3
+    ab = analyze_ab({"accuracy": np.ones(devices)}, arms, metrics=[ACCURACY], shares=THREE_ARMS, planned_devices=100)
+    schedule = np.tile([0, 1, 1, 0], (devices, 1))
+    sliced = analyze_time_slice({"accuracy": np.ones((devices, 4))}, schedule, metrics=[ACCURACY], planned_devices=10)
+    ones = np.ones(devices)
+    shadow = analyze_shadow(
+        n_compared=ones,
+        n_agree=ones,
+        active_confidence=ones,
+        candidate_confidence=ones,
+        active_latency_ms=ones,
+        candidate_latency_ms=ones,
+        planned_devices=10,
+    )
+    for result in (ab, sliced, shadow.analysis):
+        assert result.verdict == "inconclusive"
+        assert all(lift.lower == -math.inf and lift.upper == math.inf for lift in result.lifts)
+        assert all(lift.p_value == 1.0 for lift in result.lifts)

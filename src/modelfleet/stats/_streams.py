@@ -110,6 +110,19 @@ def _path(
     )
 
 
+def _not_ready(shape: tuple[int, ...], control_mean: FloatArray) -> StreamPath:
+    """Return the path of a stream too short for any moment: no estimate, infinite bounds, no evidence."""
+    return StreamPath(
+        estimate=np.full(shape, np.nan),
+        lower=np.full(shape, -np.inf),
+        upper=np.full(shape, np.inf),
+        evidence_up=np.full(shape, -np.inf),
+        evidence_down=np.full(shape, -np.inf),
+        control_mean=control_mean,
+        ready=np.zeros(shape, dtype=np.bool_),
+    )
+
+
 def _running_mean(values: FloatArray, weights: FloatArray) -> FloatArray:
     """Return the running weighted mean along the last axis (NaN while no weight has arrived)."""
     total = np.cumsum(values * weights, axis=-1)
@@ -130,6 +143,8 @@ def two_arm_path(
     """Return the A/B path of treatment − control: the gate's AIPW stream, read in both directions."""
     y = as_values(values, "values")
     z = as_flags(treated, "treated")
+    if y.shape[-1] < 2:  # noqa: PLR2004 - the first device only seeds the centering
+        return _not_ready(y.shape, _running_mean(y, (~z).astype(np.float64)))
     moments = _running_moments(y, z, treatment_probability, min_devices_per_arm)
     return _path(
         moments.mean,
@@ -164,6 +179,8 @@ def paired_path(
     if d.shape != c.shape:
         msg = f"differences {d.shape} and control {c.shape} differ in shape"
         raise ValueError(msg)
+    if d.shape[-1] == 0:
+        return _not_ready(d.shape, c)
     count = np.arange(1, d.shape[-1] + 1, dtype=np.float64)
     shifted = d - d.mean(axis=-1, keepdims=True) if d.shape[-1] else d
     mean_shifted = np.cumsum(shifted, axis=-1) / count

@@ -158,7 +158,7 @@ def analyze_time_slice(
     if s.ndim != 2:  # noqa: PLR2004 - devices × windows
         msg = f"schedule must be [devices, windows], got shape {s.shape}"
         raise ValueError(msg)
-    versions = int(s.max()) + 1 if names is None else len(names)
+    versions = (int(s.max()) + 1 if s.size else 2) if names is None else len(names)
     version_names = list(names) if names is not None else ["control"] + [f"variant {v}" for v in range(1, versions)]
     if versions < 2 or not metrics:  # noqa: PLR2004 - control and one version
         msg = "a time-slice experiment needs two versions and at least one metric"

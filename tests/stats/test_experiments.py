@@ -415,3 +415,15 @@ def test_before_enough_devices_report_every_kind_reads_inconclusive_without_warn
         assert result.verdict == "inconclusive"
         assert all(lift.lower == -math.inf and lift.upper == math.inf for lift in result.lifts)
         assert all(lift.p_value == 1.0 for lift in result.lifts)
+
+
+def test_without_the_reflected_order_a_time_trend_would_name_a_winner_that_is_not_there(rng):
+    devices, drift = 400, 0.01  # no effect at all; accuracy drifts up 0.01 per window
+    level = 0.8 + 0.1 * rng.standard_normal((devices, 1))
+    values = level + drift * np.arange(4) + 0.01 * rng.standard_normal((devices, 4))
+    common = {"metrics": [ACCURACY], "planned_devices": devices}
+    naive_order = np.tile([0, 0, 1, 1], (devices, 1))  # AABB: the candidate always runs later
+    assert analyze_time_slice({"accuracy": values}, naive_order, trend="none", **common).verdict == "winner"
+    balanced = time_slice_schedule([f"d{i}" for i in range(devices)], windows=4, salt="s")
+    assert analyze_time_slice({"accuracy": values}, balanced, trend="none", **common).verdict == "inconclusive"
+    assert analyze_time_slice({"accuracy": values}, balanced, **common).verdict == "inconclusive"

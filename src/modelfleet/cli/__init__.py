@@ -21,6 +21,7 @@ from modelfleet.cli._demo import demo
 from modelfleet.cli._keys import keys_app
 from modelfleet.cli._rollout import rollout_app
 from modelfleet.cli._server import server_app
+from modelfleet.cli._sim import sim
 
 __all__ = ["app", "main"]
 
@@ -45,6 +46,7 @@ app.command("unpin")(unpin)
 app.add_typer(enrollment_token_app, name="enrollment-token")
 app.add_typer(agent_app, name="agent")
 app.add_typer(rollout_app, name="rollout")
+app.command("sim")(sim)
 
 
 def _version(value: bool) -> None:

@@ -11,16 +11,30 @@ from __future__ import annotations
 from modelfleet.server._app import create_app
 from modelfleet.server._config import ServerConfig, load_server_config, save_server_config
 from modelfleet.server._desired import DesiredStateResolver, artifact_url, desired_state
+from modelfleet.server._retrain import (
+    SIGNATURE_HEADER,
+    DriftCheck,
+    DriftSettings,
+    RetrainNotifier,
+    check_drift,
+    verify_signature,
+)
 from modelfleet.server._setup import InitResult, init_server
 
 __all__ = [
+    "SIGNATURE_HEADER",
     "DesiredStateResolver",
+    "DriftCheck",
+    "DriftSettings",
     "InitResult",
+    "RetrainNotifier",
     "ServerConfig",
     "artifact_url",
+    "check_drift",
     "create_app",
     "desired_state",
     "init_server",
     "load_server_config",
     "save_server_config",
+    "verify_signature",
 ]

@@ -1,0 +1,287 @@
+"""One virtual device: the real agent and a real :class:`~modelfleet.agent.Predictor`, fed by a simulated sensor.
+
+The device's application is the simulator: each window it reads its sensor
+(:mod:`modelfleet.sim._signal`), hands the readings to the Predictor in one
+batch (with the ground truth, which the Predictor only counts), and keeps its
+own tally of true outcomes for the report. Then the agent steps: it collects the
+Predictor's summaries into its outbox, checks in over HTTP, installs what the
+server wants and sends the outbox. When the installed version changed, the
+application loads a new Predictor on it.
+
+Links and power cuts are simulated at the edges of the real code: the device
+API client gets a transport that fails while the link is down, and the
+installer a checkpoint that cuts the power at a chosen install step (the device
+then "boots": a new agent on the same data directory resumes the install).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from modelfleet.agent import (
+    Agent,
+    AgentConfig,
+    CrashPoint,
+    DeviceClient,
+    Downloader,
+    DownloadPolicy,
+    HealthPolicy,
+    Installer,
+    Predictor,
+    RuntimeConfig,
+    SlotHandle,
+    StepResult,
+)
+from modelfleet.bundle import DeviceProfile
+from modelfleet.clock import ManualClock
+from modelfleet.sim._signal import SensorSignal, sensor_readings
+
+__all__ = ["DeviceSpec", "LinkDown", "PowerCut", "Tally", "VirtualDevice"]
+
+log = logging.getLogger(__name__)
+
+
+class PowerCut(BaseException):  # noqa: N818 - an event, not an error: it must pass every ``except Exception``
+    """The simulated power cut at an install step; the device boots again afterwards."""
+
+
+class LinkDown(httpx.ConnectError):
+    """The simulated link is down (outage or a dropped request)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSpec:
+    """Who a virtual device is and how its sensor behaves.
+
+    Attributes:
+        device_id: the device id.
+        tags: hardware and site tags (as its enrollment token assigns them).
+        gain: its sensor's gain at the start.
+        aging: how fast it ages relative to the scenario's aging (0.7 to 1.3).
+        temperature: the site's temperature offset.
+        joins_at: seconds after the start at which the device comes online.
+        outages: (start, end) seconds of fleet time its link is down.
+        power_cut: cut the power at this install step, once.
+    """
+
+    device_id: str
+    tags: dict[str, str]
+    gain: float
+    aging: float
+    temperature: float
+    joins_at: float = 0.0
+    outages: tuple[tuple[float, float], ...] = ()
+    power_cut: CrashPoint | None = None
+
+
+@dataclass(slots=True)
+class Tally:
+    """True outcomes of one version on one device in one window (what the report compares estimates with)."""
+
+    n: int = 0
+    correct: int = 0
+    confidence: float = 0.0
+
+
+class _Link(httpx.HTTPTransport):
+    """The device's link: a real HTTP transport that fails while the simulated link is down."""
+
+    def __init__(self, up: Callable[[], bool]) -> None:
+        super().__init__(retries=0)
+        self._up = up
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if not self._up():
+            msg = "link down (simulated)"
+            raise LinkDown(msg, request=request)
+        return super().handle_request(request)
+
+
+@dataclass(slots=True)
+class Fixture:
+    """What every device of a fleet shares."""
+
+    root: Path
+    server: str
+    trusted_pem: str
+    clock: ManualClock
+    runtime: RuntimeConfig
+    profile: DeviceProfile
+    model: str
+    drop: float
+    tokens: dict[tuple[tuple[str, str], ...], str] = field(default_factory=dict)
+
+
+class VirtualDevice:
+    """A simulated device: data directory, agent, Predictor, sensor, link."""
+
+    def __init__(self, spec: DeviceSpec, fixture: Fixture, seed: int) -> None:
+        self.spec = spec
+        self.fixture = fixture
+        self.data_dir = fixture.root / spec.device_id
+        self.rng = np.random.default_rng(seed)
+        self._jitter = random.Random(seed)  # noqa: S311 - simulation, not security
+        self.predictor: Predictor | None = None
+        self._handle: SlotHandle | None = None
+        self.slot: str | None = None
+        self.version: str | None = None
+        self.tally: dict[str, Tally] = {}
+        self.power_cuts = 0
+        self.failed_steps = 0
+        self.summaries_sent = 0
+        self._cut_pending = spec.power_cut is not None
+        self._link_now = True
+        self.agent = self._boot()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def _boot(self) -> Agent:
+        config = AgentConfig(
+            server=self.fixture.server,
+            device_id=self.spec.device_id,
+            trusted_keys=(self.fixture.trusted_pem,),
+            tags=self.spec.tags,
+            enroll_token=self.fixture.tokens[tuple(sorted(self.spec.tags.items()))],
+        )
+        config.save(self.data_dir)
+        profile = DeviceProfile(
+            arch=self.fixture.profile.arch,
+            runtimes=dict(self.fixture.profile.runtimes),
+            ram_bytes=self.fixture.profile.ram_bytes,
+            disk_free_bytes=self.fixture.profile.disk_free_bytes,
+            tags=dict(self.spec.tags),
+        )
+        download = DownloadPolicy(deadline_s=60.0, read_timeout_s=30.0, max_retries=1, backoff_base_s=0.01)
+        agent = Agent(
+            self.data_dir,
+            config,
+            profile=profile,
+            clock=self.fixture.clock,
+            client=DeviceClient(self.fixture.server, transport=_Link(self._link_up)),
+            download=download,
+            health=HealthPolicy(latency_runs=1),
+            rng=self._jitter,
+        )
+        if self._cut_pending and self.spec.power_cut is not None:
+            # The agent takes no installer checkpoint yet; swap in an installer with one (same store, config, sink).
+            agent.installer.close()
+            agent.installer = Installer(
+                self.data_dir,
+                agent.installer.config,
+                sink=agent.outbox.add_event,
+                clock=self.fixture.clock,
+                downloader=Downloader(download),
+                checkpoint=self._cut_at(self.spec.power_cut),
+            )
+        return agent
+
+    def _cut_at(self, point: CrashPoint) -> Callable[[CrashPoint], None]:
+        def checkpoint(reached: CrashPoint) -> None:
+            if reached == point and self._cut_pending:
+                self._cut_pending = False
+                raise PowerCut(point.value)
+
+        return checkpoint
+
+    def close(self) -> None:
+        """Flush the Predictor into the outbox and release everything."""
+        self._unload(flush=True)
+        self.agent.close()
+
+    # ------------------------------------------------------------ the application
+
+    def joined(self, elapsed: float) -> bool:
+        """Whether the device is online at ``elapsed`` seconds of fleet time."""
+        return elapsed >= self.spec.joins_at
+
+    def infer(self, rows: int, signal: SensorSignal, labelled: float) -> None:
+        """Run one window's readings through the Predictor in one batch; count the true outcomes."""
+        if self.predictor is None or self.version is None:
+            return
+        x, truth = sensor_readings(self.rng, rows, signal)
+        known = np.where(self.rng.random(rows) < labelled, truth, -1)
+        prediction = self.predictor.predict(x, label=known)
+        tally = self.tally.setdefault(prediction.version or self.version, Tally())
+        tally.n += rows
+        tally.correct += int(np.sum(prediction.top1 == truth))
+        tally.confidence += float(np.sum(prediction.confidence))
+
+    def take_tally(self) -> dict[str, Tally]:
+        """The true outcomes since the last call."""
+        tally, self.tally = self.tally, {}
+        return tally
+
+    def signal(self, gain_loss: float) -> SensorSignal:
+        """The sensor now, given the scenario's gain lost to aging so far."""
+        return SensorSignal(
+            gain=max(0.05, self.spec.gain * (1.0 - gain_loss * self.spec.aging)), temperature=self.spec.temperature
+        )
+
+    # ------------------------------------------------------------ the agent
+
+    def _link_up(self) -> bool:
+        return self._link_now
+
+    def step(self, elapsed: float) -> StepResult | None:
+        """One agent step at ``elapsed`` seconds of fleet time; a power cut reboots the device."""
+        self._link_now = not any(start <= elapsed < end for start, end in self.spec.outages)
+        if self._link_now and self.fixture.drop > 0:
+            self._link_now = self._jitter.random() >= self.fixture.drop
+        try:
+            result = self.agent.step()
+        except PowerCut:
+            self.power_cuts += 1
+            log.info("power cut on %s during an install", self.spec.device_id)
+            self._unload(flush=False)  # the application dies with the power: its open window is lost
+            self.agent.close()
+            self.agent = self._boot()
+            return None
+        if not result.ok:
+            self.failed_steps += 1
+        self.summaries_sent += result.sent_summaries
+        self._follow_install()
+        return result
+
+    def _follow_install(self) -> None:
+        """Load a Predictor on the version the agent made current, if it changed."""
+        slots = self.agent.installer.slots
+        current = slots.link(self.fixture.model, "current")
+        if current == self.slot:
+            return
+        self._unload(flush=True)
+        if current is None:
+            return
+        handle = slots.open_current(self.fixture.model)
+        self.predictor = Predictor(
+            handle.manifest,
+            handle.model_path,
+            device_id=self.spec.device_id,
+            config=self.fixture.runtime,
+            clock=self.fixture.clock,
+        )
+        self._handle, self.slot, self.version = handle, current, handle.manifest.version
+        self.agent.predictor = self.predictor
+
+    def _unload(self, *, flush: bool) -> None:
+        predictor, self.predictor = self.predictor, None
+        self.agent.predictor = None
+        if predictor is not None:
+            if flush:
+                now: datetime = self.fixture.clock.now()
+                for summary in predictor.flush(now, final=True):
+                    self.agent.outbox.add_summary(summary)
+                for event in predictor.drain_events():
+                    self.agent.outbox.add_event(event)
+            predictor.close()
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        self.slot = self.version = None

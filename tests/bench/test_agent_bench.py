@@ -11,17 +11,19 @@ ROOT = Path(__file__).resolve().parents[2]
 
 FIELDS = {
     "predictor": {"rows", "ratio", "met", "goal_ratio", "inline", "process"},
-    "summarizer": {"per_inference_us", "bare_inference_us", "ratio", "features", "goal_us", "met"},
+    "summarizer": {"per_inference_us", "back_to_back_us", "bare_inference_us", "ratio", "features", "goal_us", "met"},
     "switch": {"switch_ms", "bare_replace_ms", "ratio", "goal_ms", "met"},
     "install": {"bundle_mb", "install_s", "sha256_copy_s", "ratio", "goal_s", "met"},
     "idle_rss": {
         "agent_rss_mb",
+        "agent_loop_without_cli_rss_mb",
         "bare_python_rss_mb",
         "ratio",
         "goal_mb",
         "met",
         "files_written_under_home",
         "heavy_modules_loaded_by_the_cli",
+        "heavy_modules_loaded_by_the_agent_loop",
     },
 }
 

@@ -18,14 +18,7 @@ credential), ``_wake`` (MQTT wake-ups), ``_runtime`` (the runtime interface).
 from __future__ import annotations
 
 import importlib
-import os
 from typing import TYPE_CHECKING, Any
-
-# Before any module of this package imports ONNX Runtime: left alone, ONNX Runtime writes a device id and
-# a telemetry database under ~/.cache/Microsoft and may send usage telemetry. A device agent does neither;
-# an application that wants it sets ORT_DISABLE_TELEMETRY=0 itself. (Setting a third-party switch, not
-# reading configuration: modelfleet.config stays the only reader of the environment.)
-os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 if TYPE_CHECKING:
     from modelfleet.agent._client import ClientTimeouts, ClockSkewError, CredentialRejectedError, DeviceClient

@@ -582,6 +582,8 @@ def agent_status(data_dir: Path) -> dict[str, Any]:
                 "target": journal.target.version if journal and journal.target else None,
                 "last_error": journal.reason if journal else None,
                 "failed": [f.version for f in journal.failed] if journal else [],
+                "download_retries": journal.retries if journal else 0,
+                "retry_after": journal.retry_after.isoformat() if journal and journal.retry_after else None,
             }
     outbox: dict[str, Any] = {"pending_events": 0, "pending_summaries": 0, "sent": 0, "dropped": {}}
     if (data_dir / OUTBOX_FILE).exists():

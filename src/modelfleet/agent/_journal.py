@@ -8,7 +8,8 @@ how often the download failed in transit and when it may be tried again (``retri
 (their ids are derived from the journal, so a resend is idempotent).
 
 A write is temp file + fsync + rename + directory fsync: after power loss the file is
-the old journal or the new one, never empty or half-written.
+the old journal or the new one, never empty or half-written. The format
+(``modelfleet.journal.v1``) is described field by field in ADR 0005.
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """The update lifecycle of one model on a device: one declared ``(state, event) -> state`` table.
 
+The decision, the table, the journal and the crash points are in ADR 0005
+(``docs/adr/0005-agent-update-journal.md``).
+
 Mender's state table is the model: every step of an install, commit or rollback is a
 state, every outcome of a step is an event, and nothing moves except through
 :data:`TRANSITIONS`. The table is pure; :mod:`modelfleet.agent._install` does the I/O

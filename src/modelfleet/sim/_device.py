@@ -41,16 +41,20 @@ from modelfleet.agent import (
     StepResult,
 )
 from modelfleet.bundle import DeviceProfile
-from modelfleet.clock import ManualClock
+from modelfleet.sim._clock import SharedClock
 from modelfleet.sim._signal import SensorSignal, sensor_readings
+from modelfleet.telemetry import Event
 
 __all__ = ["DeviceSpec", "LinkDown", "PowerCut", "Tally", "VirtualDevice"]
 
 log = logging.getLogger(__name__)
 
 
-class PowerCut(BaseException):  # noqa: N818 - an event, not an error: it must pass every ``except Exception``
-    """The simulated power cut at an install step; the device boots again afterwards."""
+class PowerCut(BaseException):
+    """The simulated power cut at an install step; the device boots again afterwards.
+
+    A ``BaseException``, so no ``except Exception`` on the way out of the agent swallows it.
+    """
 
 
 class LinkDown(httpx.ConnectError):
@@ -112,7 +116,7 @@ class Fixture:
     root: Path
     server: str
     trusted_pem: str
-    clock: ManualClock
+    clock: SharedClock
     runtime: RuntimeConfig
     profile: DeviceProfile
     model: str
@@ -172,11 +176,16 @@ class VirtualDevice:
         )
         if self._cut_pending and self.spec.power_cut is not None:
             # The agent takes no installer checkpoint yet; swap in an installer with one (same store, config, sink).
+            outbox = agent.outbox
+
+            def sink(event: Event) -> None:
+                outbox.add_event(event)
+
             agent.installer.close()
             agent.installer = Installer(
                 self.data_dir,
                 agent.installer.config,
-                sink=agent.outbox.add_event,
+                sink=sink,
                 clock=self.fixture.clock,
                 downloader=Downloader(download),
                 checkpoint=self._cut_at(self.spec.power_cut),

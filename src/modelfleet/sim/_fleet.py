@@ -28,8 +28,8 @@ import numpy as np
 
 from modelfleet.agent import RuntimeConfig
 from modelfleet.bundle import DeviceProfile
-from modelfleet.clock import ManualClock
 from modelfleet.rollout import DriftPolicy
+from modelfleet.sim._clock import SharedClock
 from modelfleet.sim._device import DeviceSpec, Fixture, Tally, VirtualDevice
 from modelfleet.sim._scenario import Scenario
 from modelfleet.sim._server import FleetServer, RetrainInbox
@@ -163,7 +163,9 @@ class Fleet:
     ) -> None:
         self.scenario = scenario
         self.seed = scenario.seed if seed is None else seed
-        self.clock = ManualClock(T0)
+        shm = Path("/dev/shm")  # noqa: S108 - device stores on tmpfs: thousands of fsyncs per round cost nothing
+        self._device_root = Path(tempfile.mkdtemp(prefix="modelfleet-sim-", dir=shm if shm.is_dir() else None))
+        self.clock = SharedClock(self._device_root / "clock", T0)
         self.window = int(scenario.window.total_seconds())
         self.inbox = RetrainInbox()
         self.log = FleetLog()
@@ -177,8 +179,6 @@ class Fleet:
             lookback_seconds=max(60, lookback),
             inbox=self.inbox,
         )
-        shm = Path("/dev/shm")  # noqa: S108 - device stores on tmpfs: thousands of fsyncs per round cost nothing
-        self._device_root = Path(tempfile.mkdtemp(prefix="modelfleet-sim-", dir=shm if shm.is_dir() else None))
         self.specs = device_specs(scenario, devices, self.seed)
         fixture = Fixture(
             root=self._device_root,
@@ -259,9 +259,10 @@ class Fleet:
                 share, version, most = decision.share, check.drift.result.version, decision.devices
             if check.requested:
                 groups = ", ".join(f"{g.group} {g.share:.0%}" for g in decision.groups) if decision.groups else ""
+                limit = self.server.drift.policy.retrain_share
                 self.note(
                     f"drift monitor: {decision.drifting_devices} of {decision.devices} devices on "
-                    f"{check.drift.result.version} drift ({decision.share:.0%} >= {self.server.drift.policy.retrain_share:.0%}"
+                    f"{check.drift.result.version} drift ({decision.share:.0%} >= {limit:.0%}"
                     f"{'; ' + groups if groups else ''}); retrain.requested sent to the webhook"
                 )
         fresh = self.inbox.received()[len(self.retrain_events) :]
@@ -271,7 +272,7 @@ class Fleet:
     def _rollout_states(self) -> dict[str, str]:
         return {version: self.server.rollout(rid)["state"] for version, rid in self.rollouts.items()}
 
-    def _record(
+    def _record(  # noqa: PLR0917 - one call site, all of it the round's own state
         self,
         start: datetime,
         elapsed: float,
@@ -376,8 +377,9 @@ class Fleet:
         for device in self.devices:
             device.close()
         self.inbox.close()
-        shutil.rmtree(self._device_root, ignore_errors=True)
 
     def stop_server(self) -> None:
-        """Stop the server."""
+        """Stop the server and remove the devices' directories."""
         self.server.close()
+        self.clock.close()
+        shutil.rmtree(self._device_root, ignore_errors=True)

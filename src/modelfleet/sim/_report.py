@@ -66,20 +66,20 @@ def _chart(
             f'<text x="{_LEFT - 6}" y="{sy(y) + 4:.1f}" text-anchor="end" font-size="11">{y_format.format(y)}</text>'
         )
     step = max(15, int(x_max / 8 / 15 + 1) * 15)
-    for x in range(0, int(x_max) + 1, step):
-        parts.append(
-            f'<text x="{sx(x):.1f}" y="{_H - 14}" text-anchor="middle" font-size="11">{x // 60}:{x % 60:02d}</text>'
-        )
+    parts.extend(
+        f'<text x="{sx(tick):.1f}" y="{_H - 14}" text-anchor="middle" font-size="11">'
+        f"{tick // 60}:{tick % 60:02d}</text>"
+        for tick in range(0, int(x_max) + 1, step)
+    )
     parts.append(
         f'<text x="{_LEFT + plot_w / 2}" y="{_H - 1}" text-anchor="middle" font-size="11">fleet time (h:mm)</text>'
     )
-    for index, (x, label) in enumerate(markers):
+    for index, (at, label) in enumerate(markers):
+        mx, my = sx(at), _TOP + 12 + 12 * (index % 3)
         parts.append(
-            f'<line x1="{sx(x):.1f}" x2="{sx(x):.1f}" y1="{_TOP}" y2="{_TOP + plot_h}" stroke="#999" stroke-dasharray="3,3"/>'
+            f'<line x1="{mx:.1f}" x2="{mx:.1f}" y1="{_TOP}" y2="{_TOP + plot_h}" stroke="#999" stroke-dasharray="3,3"/>'
         )
-        parts.append(
-            f'<text x="{sx(x) + 3:.1f}" y="{_TOP + 12 + 12 * (index % 3)}" font-size="10" fill="#555">{html.escape(label)}</text>'
-        )
+        parts.append(f'<text x="{mx + 3:.1f}" y="{my}" font-size="10" fill="#555">{html.escape(label)}</text>')
     for index, line in enumerate(series):
         if not line.points:
             continue
@@ -106,10 +106,11 @@ def _versions(rounds: Sequence[Round]) -> list[str]:
 
 
 def _markers(outcome: Outcome) -> list[tuple[float, str]]:
-    marks = []
-    for version, rollout in outcome.rollouts.items():
-        for decision in rollout["decisions"]:
-            marks.append((_minutes(decision["at"]), f"{version} {decision['event']}"))
+    marks = [
+        (_minutes(decision["at"]), f"{version} {decision['event']}")
+        for version, rollout in outcome.rollouts.items()
+        for decision in rollout["decisions"]
+    ]
     return sorted(marks)
 
 
@@ -128,8 +129,7 @@ def decision_lines(rollout: dict[str, Any]) -> list[str]:
         lines.append(
             f"        {evaluation['treated_devices']} treated vs {evaluation['holdout_devices']} holdout devices"
         )
-        for gate in evaluation["gates"]:
-            lines.append("        " + _gate_line(gate))
+        lines.extend("        " + _gate_line(gate) for gate in evaluation["gates"])
     return lines
 
 
@@ -182,8 +182,10 @@ def write_report(outcome: Outcome, path: Path, *, title: str, intro: str) -> Pat
     body = [
         f"<h1>{html.escape(title)}</h1>",
         f"<p>{html.escape(intro)}</p>",
-        "<p>Every number on this page was computed by this run: "
-        f"{outcome.devices} simulated devices (real agents over real HTTP), {len(rounds)} telemetry windows.</p>",
+        (
+            "<p>Every number on this page was computed by this run: "
+            f"{outcome.devices} simulated devices (real agents over real HTTP), {len(rounds)} telemetry windows.</p>"
+        ),
         _chart(
             "Accuracy per version: true (device ground truth, solid) vs estimated (mean top-1 confidence, dashed)",
             accuracy,
@@ -213,7 +215,8 @@ def write_report(outcome: Outcome, path: Path, *, title: str, intro: str) -> Pat
     for name, held in outcome.expectations.items():
         body.append(f"<li>{'held' if held else 'FAILED'}: {html.escape(name)}</li>")
     body.append(
-        f"<li>summaries acknowledged to devices {outcome.summaries_sent}, stored by the server {outcome.summaries_stored}</li>"
+        f"<li>summaries acknowledged to devices {outcome.summaries_sent}, "
+        f"stored by the server {outcome.summaries_stored}</li>"
     )
     body.append("</ul>")
     page = (

@@ -250,10 +250,7 @@ def _outcome(fleet: Fleet, operator: _Operator, scenario: Scenario, devices: int
     )
     for version, expected in scenario.expect.rollouts.items():
         state = outcome.rollout_state(version)
-        if expected == "running":
-            held = state is not None and state not in _TERMINAL
-        else:
-            held = state == expected
+        held = (state is not None and state not in _TERMINAL) if expected == "running" else state == expected
         outcome.expectations[f"rollout {version} {expected}"] = held
     if scenario.expect.retrain is not None:
         outcome.expectations[f"retrain requested: {scenario.expect.retrain}"] = (

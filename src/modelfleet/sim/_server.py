@@ -1,8 +1,8 @@
 """The real fleet server on loopback for a simulation, on the simulation's clock, and a retrain inbox.
 
-:class:`FleetServer` is ``init_server`` + ``create_app`` under uvicorn in a thread
-of this process, given the same :class:`~modelfleet.clock.ManualClock` the
-simulator advances, so the server's "now" is the fleet's. Its background loops
+:class:`FleetServer` is ``init_server`` + ``create_app`` under uvicorn in a child
+process, given a :class:`~modelfleet.sim._clock.SharedClock` on the same file as
+the simulator's, so the server's "now" is the fleet's. Its background loops
 tick on wall time, so they are set far apart and the simulator asks for the
 same work on fleet time instead: one reconciler look per window
 (``POST /v1/admin/rollouts/reconcile``) and one drift check per window
@@ -17,6 +17,7 @@ from __future__ import annotations
 import http.server
 import json
 import logging
+import multiprocessing
 import secrets
 import socket
 import threading
@@ -28,7 +29,6 @@ import httpx
 import uvicorn
 
 from modelfleet.bundle import PublicKey, SigningKey
-from modelfleet.clock import ManualClock
 from modelfleet.errors import ModelfleetError
 from modelfleet.rollout import DriftPolicy
 from modelfleet.server import (
@@ -36,12 +36,15 @@ from modelfleet.server import (
     DriftCheck,
     DriftSettings,
     RetrainNotifier,
+    ServerConfig,
     check_drift,
     create_app,
     init_server,
     load_server_config,
     verify_signature,
 )
+from modelfleet.sim._clock import SharedClock
+from modelfleet.store import make_engine
 
 __all__ = ["FleetServer", "RetrainInbox"]
 
@@ -95,12 +98,30 @@ class RetrainInbox:
         self._server.server_close()
 
 
+def _serve(config_json: str, clock_path: str, port: int) -> None:
+    """The server process: the app on the shared clock, under uvicorn on ``127.0.0.1:port``."""
+    config = ServerConfig.model_validate_json(config_json)
+    app = create_app(config, clock=SharedClock(Path(clock_path)))
+    uvicorn.run(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", backlog=4096, timeout_keep_alive=3600
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 class FleetServer:
-    """A real modelfleet server (SQLite, uvicorn on loopback) on the simulation's clock.
+    """A real modelfleet server (SQLite, uvicorn on loopback, its own process) on the simulation's clock.
+
+    The server runs in a child process so that it and the devices use both cores;
+    it reads the same :class:`SharedClock` the simulator advances.
 
     Args:
         data_dir: the server's data directory (initialised here).
-        clock: the simulation's clock, shared with the devices.
+        clock: the simulation's clock, shared with the devices and the server process.
         poll_seconds: the check-in interval devices are told.
         drift_policy: when devices count as drifting and retraining is requested.
         lookback_seconds: windows the drift monitor reads.
@@ -110,7 +131,7 @@ class FleetServer:
     def __init__(
         self,
         data_dir: Path,
-        clock: ManualClock,
+        clock: SharedClock,
         *,
         poll_seconds: int,
         drift_policy: DriftPolicy,
@@ -130,39 +151,44 @@ class FleetServer:
             webhook_max_attempts=2,
             webhook_backoff_seconds=0.0,
         )
-        self._sock = socket.socket()
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        port = _free_port()
+        self.url = f"http://127.0.0.1:{port}"
         self.config = load_server_config(data_dir).model_copy(
             update={
                 "public_url": self.url,
                 "poll_seconds": poll_seconds,
                 "reconcile_seconds": _FAR_S,
-                "rollout_cache_seconds": _FAR_S,  # every change goes through this process's routes, which invalidate it
+                # Every rollout change goes through the server's own routes, which drop this cache.
+                "rollout_cache_seconds": _FAR_S,
                 "last_seen_flush_seconds": 60.0,
                 "drift": self.drift,
             }
         )
-        self.app = create_app(self.config, clock=clock)
-        self._server = uvicorn.Server(
-            uvicorn.Config(self.app, log_level="warning", lifespan="on", backlog=4096, timeout_keep_alive=3600)
+        context = multiprocessing.get_context("spawn")
+        self._process = context.Process(
+            target=_serve, args=(self.config.model_dump_json(), str(clock.path), port), name="fleet-server"
         )
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [self._sock]}, name="fleet-server", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                msg = f"the fleet server did not start on {self.url}"
-                raise ModelfleetError(msg, code="server_not_started")
-            time.sleep(0.01)
+        self._process.start()
         self.admin = httpx.Client(
             base_url=self.url, timeout=60, headers={"Authorization": f"Bearer {made.admin_token}"}
         )
         self.admin_token = made.admin_token
+        self._wait_ready()
+        self.engine = make_engine(self.config.database_url)
         self._notifier = RetrainNotifier(self.drift, sleep=lambda _s: None)
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + _START_TIMEOUT_S
+        while time.monotonic() < deadline and self._process.is_alive():
+            try:
+                if self.admin.get("/healthz").status_code == 200:  # noqa: PLR2004 - HTTP OK
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        self._process.kill()
+        msg = f"the fleet server did not start on {self.url}"
+        raise ModelfleetError(msg, code="server_not_started")
 
     # ------------------------------------------------------------ admin calls
 
@@ -212,19 +238,23 @@ class FleetServer:
 
     def check_drift(self) -> list[DriftCheck]:
         """One run of the periodic drift job, now (fleet time); delivers ``retrain.requested`` to the inbox."""
-        return check_drift(self.app.state.server.engine, self.clock, self.drift, self._notifier)
+        return check_drift(self.engine, self.clock, self.drift, self._notifier)
 
     def close(self) -> None:
-        """Stop the server."""
+        """Stop the server process (SIGTERM: uvicorn shuts down and flushes)."""
         self.admin.close()
-        self._server.should_exit = True
-        self._thread.join(30)
-        self._sock.close()
+        self.engine.dispose()
+        if self._process.is_alive():
+            self._process.terminate()
+        self._process.join(30)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join(5)
 
     def serve_until_interrupted(self) -> None:
         """Block until Ctrl-C (the demo leaves the server up for its pages)."""
         try:
-            while self._thread.is_alive():
-                self._thread.join(0.5)
+            while self._process.is_alive():
+                self._process.join(0.5)
         except KeyboardInterrupt:
             pass

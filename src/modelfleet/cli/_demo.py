@@ -81,7 +81,7 @@ def demo(
     devices: int | None = typer.Option(None, "--devices", min=40, help="Fleet size (default: the scenario's)."),
     seed: int | None = typer.Option(None, "--seed", help="Seed of every random draw (default: the scenario's)."),
 ) -> None:
-    """Simulated fleet: a silent regression rolled back by label-free gates, drift-triggered retraining, a clean rollout."""
+    """Simulated fleet: a silent regression caught by label-free gates, drift-triggered retraining, a clean rollout."""
     started = time.monotonic()
     scenario = load_scenario("demo")
     if quick:

@@ -21,6 +21,7 @@ PUBLIC_MODULES = [
     "modelfleet.protocol",
     "modelfleet.rollout",
     "modelfleet.server",
+    "modelfleet.sim",
     "modelfleet.sim.models",
     "modelfleet.stats",
     "modelfleet.store",

@@ -1,6 +1,8 @@
 """Scenario files: every shipped one loads and ships as package data; a wrong file is refused naming the field."""
 
 import fnmatch
+import subprocess
+import sys
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -79,3 +81,18 @@ def test_a_file_that_is_not_yaml_or_not_shipped_is_refused(tmp_path):
         load_scenario(path)
     with pytest.raises(BadDataError, match="no scenario named 'nope'; shipped: ab-test"):
         load_scenario("nope")
+
+
+def test_modelfleet_sim_refuses_a_wrong_scenario_file_in_one_line(tmp_path):
+    path = tmp_path / "wrong.yaml"
+    path.write_text("name: wrong\nmodels: {1.0.0: {}}\ntimeline: [{at: 0m, push: 2.0.0}]\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "modelfleet", "sim", "--scenario", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "timeline[0].push: 2.0.0 is not in models" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -95,11 +96,20 @@ class Tally:
     confidence: float = 0.0
 
 
+_TLS: list[ssl.SSLContext] = []  # one context for every device's link: loading the CA store costs ~30 ms each
+
+
+def _tls() -> ssl.SSLContext:
+    if not _TLS:
+        _TLS.append(ssl.create_default_context())
+    return _TLS[0]
+
+
 class _Link(httpx.HTTPTransport):
     """The device's link: a real HTTP transport that fails while the simulated link is down."""
 
     def __init__(self, up: Callable[[], bool]) -> None:
-        super().__init__(retries=0)
+        super().__init__(verify=_tls(), retries=0)
         self._up = up
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:

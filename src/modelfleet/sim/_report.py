@@ -190,7 +190,7 @@ def write_report(outcome: Outcome, path: Path, *, title: str, intro: str) -> Pat
             "Accuracy per version: true (device ground truth, solid) vs estimated (mean top-1 confidence, dashed)",
             accuracy,
             x_max=x_max,
-            y_range=(0.3, 1.0),
+            y_range=(0.2, 1.0),
             markers=markers,
         ),
         _chart("Share of devices drifting (drift monitor, PSI over K windows)", drift, x_max=x_max, y_range=(0, 1)),

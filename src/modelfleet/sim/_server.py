@@ -177,6 +177,11 @@ class FleetServer:
         self.engine = make_engine(self.config.database_url)
         self._notifier = RetrainNotifier(self.drift, sleep=lambda _s: None)
 
+    @property
+    def pid(self) -> int | None:
+        """The server process's id."""
+        return self._process.pid
+
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + _START_TIMEOUT_S
         while time.monotonic() < deadline and self._process.is_alive():

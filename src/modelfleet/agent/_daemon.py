@@ -275,9 +275,11 @@ class Agent:
         self.use_predictor(predictor)
 
     def close(self) -> None:
-        """Release the wake-up listener, the outbox, the HTTP clients and the installer."""
+        """Release the wake-up listener, the predictor's watch, the outbox, the HTTP clients and the installer."""
         if self._listener is not None:
             self._listener.stop()
+        if self.predictor is not None:
+            self.predictor.observe(None)
         self.installer.close()
         self._http.close()
         self.client.close()

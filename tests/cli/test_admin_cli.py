@@ -570,3 +570,40 @@ def test_a_rollout_from_plan_to_fleet_wide_rollback_through_the_cli(server, push
     audit = httpx.get(f"{server.url}/v1/admin/audit", headers={"Authorization": f"Bearer {server.token}"},
                       params={"action": "rollout.plan_forced"}, trust_env=False).json()  # fmt: skip
     assert [entry["target"] for entry in audit] == [rollout["id"]]
+
+
+EXPERIMENT_SPEC = """\
+model: digits
+selector: {fleet: experiment-cli}
+variants:
+  - {version: 1.0.0, share: 50}
+  - {version: 1.1.0, share: 50}
+metrics:
+  - {metric: mean_confidence}
+minimum_detectable_effect: 0.01
+device_sd: 0.05
+"""
+
+
+def test_an_ab_experiment_from_plan_to_stop_through_the_cli(server, pushed, tmp_path):
+    spec = tmp_path / "experiment.yaml"
+    spec.write_text(EXPERIMENT_SPEC)
+    planned = server.admin("experiment", "plan", str(spec))
+    assert planned.returncode == 1, "no target device can power it"
+    assert "ab:" in planned.stdout
+    started = server.admin("experiment", "start", str(spec), "--force", "--json")
+    assert started.returncode == 0, started.stderr
+    experiment = json.loads(started.stdout)
+    status = server.admin("experiment", "status", experiment["id"], "--json")
+    assert json.loads(status.stdout)["analysis"]["verdict"] == "inconclusive"
+    human = server.admin("experiment", "status", experiment["id"])
+    assert f"{experiment['id']} digits (ab): running" in human.stdout
+    assert server.admin("experiment", "stop", experiment["id"]).returncode == 0
+    again = server.admin("experiment", "stop", experiment["id"])
+    assert again.returncode == 1
+    assert "is stopped, not running [bad_transition]" in again.stderr
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text(EXPERIMENT_SPEC.replace("share: 50}", "share: 70}"))
+    refused = server.admin("experiment", "start", str(wrong))
+    assert refused.returncode == 1
+    assert "shares must add up to 100" in refused.stderr

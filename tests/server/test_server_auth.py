@@ -45,7 +45,20 @@ ADMIN_ROUTES = [
     ("POST", "/v1/admin/rollouts/{rollout_id}/abort", ADMIN, None),
     ("POST", "/v1/admin/rollouts/{rollout_id}/rollback", ADMIN, None),
     ("POST", "/v1/admin/rollouts/reconcile", ADMIN, None),
+    ("GET", "/v1/admin/experiments", VIEWER, None),
+    ("GET", "/v1/admin/experiments/{experiment_id}", VIEWER, None),
+    ("POST", "/v1/admin/experiments/plan", VIEWER, "experiment"),
+    ("POST", "/v1/admin/experiments", ADMIN, "experiment"),
+    ("POST", "/v1/admin/experiments/{experiment_id}/stop", ADMIN, None),
+    ("POST", "/v1/admin/experiments/{experiment_id}/promote", ADMIN, None),
 ]
+EXPERIMENT = {
+    "model": "digits",
+    "variants": [{"version": "1.0.0", "share": 50}, {"version": "1.1.0", "share": 50}],
+    "metrics": [{"metric": "error_rate"}],
+    "minimum_detectable_effect": 0.05,
+    "device_sd": 0.01,
+}
 SPEC = {
     "model": "digits",
     "version": "1.1.0",
@@ -70,7 +83,7 @@ OPEN_ROUTES = {
 }
 IDS = {
     "model": "digits", "version": "1.0.0", "alias": "stable", "device_id": "dev-a", "pin_id": "1",
-    "rollout_id": "ro-0000000000", "name": "digits",
+    "rollout_id": "ro-0000000000", "name": "digits", "experiment_id": "ex-0000000000",
 }  # fmt: skip
 QUERY = {"/v1/admin/telemetry/windows": {"model": "digits"}}
 
@@ -96,6 +109,8 @@ class Scenario:
             return self.fleet.client.request(method, path, content=content, headers=headers)
         if body == "spec":
             body = SPEC
+        if body == "experiment":
+            body = EXPERIMENT
         if body == "checkin":
             body = {"inventory": self.fleet.PROFILE.model_dump(mode="json"), "installed": []}
         return self.fleet.client.request(method, path, json=body, headers=headers, params=params)

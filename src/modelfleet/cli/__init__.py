@@ -18,6 +18,7 @@ from modelfleet.cli._bundle import bundle_app
 from modelfleet.cli._console import run_guarded
 from modelfleet.cli._db import db_app
 from modelfleet.cli._demo import demo
+from modelfleet.cli._experiment import experiment_app
 from modelfleet.cli._keys import keys_app
 from modelfleet.cli._rollout import rollout_app
 from modelfleet.cli._server import server_app
@@ -46,6 +47,7 @@ app.command("unpin")(unpin)
 app.add_typer(enrollment_token_app, name="enrollment-token")
 app.add_typer(agent_app, name="agent")
 app.add_typer(rollout_app, name="rollout")
+app.add_typer(experiment_app, name="experiment")
 app.command("sim")(sim)
 
 

@@ -6,6 +6,7 @@
 - :mod:`evaluate <modelfleet.rollout._evaluate>`: device-level gate evaluation;
 - :mod:`reconciler <modelfleet.rollout._reconciler>`: the server-clock loop and operators' commands;
 - :mod:`plan <modelfleet.rollout._plan>`: the power analysis a spec must pass before it starts;
+- :mod:`experiment <modelfleet.rollout._experiment>`: A/B specs, sticky variants, analysis from telemetry;
 - :mod:`drift <modelfleet.rollout._drift>`: per-device drift scores, fleet shares, retraining decisions.
 """
 
@@ -41,6 +42,25 @@ from modelfleet.rollout._evaluate import (
     evaluate_stage,
     metric_value,
 )
+from modelfleet.rollout._experiment import (
+    STARTABLE_KINDS,
+    ExperimentKind,
+    ExperimentSpec,
+    analyze_experiment,
+    device_arms,
+    experiment_bundle,
+    experiment_variant,
+    plan_for,
+)
+from modelfleet.rollout._experiment_run import (
+    ExperimentWatcher,
+    analysis_json,
+    current_analysis,
+    experiment_plan,
+    promote_experiment,
+    start_experiment,
+    stop_experiment,
+)
 from modelfleet.rollout._plan import GatePlan, RolloutPlan, plan_rollout
 from modelfleet.rollout._reconciler import FAILURE_EVENTS, Decision, Reconciler, decide, new_rollout, run_command
 from modelfleet.rollout._spec import (
@@ -64,6 +84,7 @@ __all__ = [
     "DEFAULT_THRESHOLDS",
     "FAILURE_EVENTS",
     "METRICS",
+    "STARTABLE_KINDS",
     "TERMINAL",
     "UNTAGGED",
     "Cohort",
@@ -75,6 +96,9 @@ __all__ = [
     "DriftPolicy",
     "DriftScore",
     "Event",
+    "ExperimentKind",
+    "ExperimentSpec",
+    "ExperimentWatcher",
     "FeatureDrift",
     "FleetDrift",
     "Gate",
@@ -93,13 +117,20 @@ __all__ = [
     "StageEvaluation",
     "VersionComparison",
     "WindowCounts",
+    "analysis_json",
+    "analyze_experiment",
     "assign",
     "bucket",
     "compare_with_parent",
+    "current_analysis",
     "decide",
+    "device_arms",
     "device_values",
     "evaluate_drift",
     "evaluate_stage",
+    "experiment_bundle",
+    "experiment_plan",
+    "experiment_variant",
     "feature_names",
     "governing_rollout",
     "is_lab",
@@ -108,9 +139,13 @@ __all__ = [
     "new_rollout",
     "parse_duration",
     "parse_spec",
+    "plan_for",
     "plan_rollout",
+    "promote_experiment",
     "rollout_version",
     "run_command",
+    "start_experiment",
+    "stop_experiment",
     "transition",
     "treated_share",
 ]

@@ -32,6 +32,7 @@ from modelfleet.rollout._states import ACTIVE, TERMINAL, Event, Position, Rollou
 from modelfleet.store import (
     Alias,
     BundleRow,
+    ExperimentRow,
     RolloutRow,
     TargetDevice,
     Transition,
@@ -121,6 +122,12 @@ def new_rollout(session: Session, spec: RolloutSpec, *, now: datetime, actor: st
     if running is not None:
         msg = f"{spec.model} already has rollout {running} in progress; finish, abort or roll it back first"
         raise ConflictError(msg, code="rollout_in_progress")
+    experiment = session.scalar(
+        select(ExperimentRow.id).where(ExperimentRow.model == spec.model, ExperimentRow.state == "running")
+    )
+    if experiment is not None:
+        msg = f"{spec.model} has experiment {experiment} running; stop or promote it first"
+        raise ConflictError(msg, code="experiment_in_progress")
     return create_rollout(
         session,
         rollout_id=f"ro-{secrets.token_hex(5)}",

@@ -20,7 +20,7 @@ from sqlalchemy import Engine
 
 from modelfleet import __version__
 from modelfleet.clock import Clock, SystemClock
-from modelfleet.rollout import Reconciler
+from modelfleet.rollout import ExperimentWatcher, Reconciler
 from modelfleet.server._admin_api import BODY_MODELS as ADMIN_BODIES
 from modelfleet.server._admin_api import admin_router
 from modelfleet.server._background import run_drift_checks, run_reconciler
@@ -31,6 +31,8 @@ from modelfleet.server._device_api import BODY_MODELS as DEVICE_BODIES
 from modelfleet.server._device_api import device_router
 from modelfleet.server._drift_api import drift_router
 from modelfleet.server._errors import install_error_handlers
+from modelfleet.server._experiment_api import BODY_MODELS as EXPERIMENT_BODIES
+from modelfleet.server._experiment_api import experiment_router
 from modelfleet.server._gate import RequestGate
 from modelfleet.server._lastseen import LastSeenBuffer, run_flusher
 from modelfleet.server._metrics import Metrics
@@ -88,12 +90,21 @@ def create_app(
     )
     app.state.server = state
     app.state.reconciler = Reconciler(state.sessions, state.clock)
+    app.state.experiments = ExperimentWatcher(state.sessions, state.clock)
     app.state.invalidate_rollouts = getattr(state.resolver, "invalidate", lambda: None)
     app.state.wake = wake_publisher(config.mqtt_url)
     install_error_handlers(app)
-    for router in (device_router, registry_router, admin_router, rollout_router, drift_router, ops_router):
+    for router in (
+        device_router,
+        registry_router,
+        admin_router,
+        rollout_router,
+        experiment_router,
+        drift_router,
+        ops_router,
+    ):
         app.include_router(router)
-    add_body_schemas(app, (*DEVICE_BODIES, *REGISTRY_BODIES, *ADMIN_BODIES, *ROLLOUT_BODIES))
+    add_body_schemas(app, (*DEVICE_BODIES, *REGISTRY_BODIES, *ADMIN_BODIES, *ROLLOUT_BODIES, *EXPERIMENT_BODIES))
     streamed = {("POST", UPLOAD_PATH): config.max_upload_bytes}
     app.add_middleware(RequestGate, state=state, streamed=streamed)
     return app
@@ -109,7 +120,11 @@ def _lifespan(state: ServerState, *, owns_engine: bool) -> Callable[[FastAPI], A
             run_flusher(state.last_seen, state.engine, state.config.last_seen_flush_seconds, _counted(state))
         )
         looks = asyncio.create_task(
-            run_reconciler(app.state.reconciler, state.config.reconcile_seconds, app.state.invalidate_rollouts)
+            run_reconciler(
+                (app.state.reconciler, app.state.experiments),
+                state.config.reconcile_seconds,
+                app.state.invalidate_rollouts,
+            )
         )
         tasks = [looks, flusher]
         if state.config.drift.enabled:

@@ -1,4 +1,4 @@
-"""Background work of a server process: the rollout reconciler's looks and the drift monitor.
+"""Background work of a server process: looks at rollouts and experiments, and the drift monitor.
 
 Every process runs the loop; the reconciler's conditional updates make a second
 process's look harmless (it finds the revision moved and decides nothing), so
@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import Engine
 
 from modelfleet.clock import Clock
-from modelfleet.rollout import Reconciler
+from modelfleet.rollout import ExperimentWatcher, Reconciler
 from modelfleet.server._retrain import DriftSettings, RetrainNotifier, check_drift
 
 __all__ = ["run_drift_checks", "run_reconciler"]
@@ -22,17 +22,23 @@ __all__ = ["run_drift_checks", "run_reconciler"]
 log = logging.getLogger(__name__)
 
 
-async def run_reconciler(reconciler: Reconciler, interval_seconds: float, on_moved: Callable[[], None]) -> None:
-    """Look at every running rollout every ``interval_seconds`` until cancelled; a failed look is logged, not fatal."""
+async def run_reconciler(
+    lookers: Sequence[Reconciler | ExperimentWatcher], interval_seconds: float, on_moved: Callable[[], None]
+) -> None:
+    """Look at every running rollout and experiment every ``interval_seconds`` until cancelled.
+
+    A failed look is logged, not fatal; the next one runs on time.
+    """
     while True:
         await asyncio.sleep(interval_seconds)
-        try:
-            moved = await asyncio.to_thread(reconciler.tick)
-        except Exception:
-            log.exception("a reconciler look failed; the next one runs in %.0f s", interval_seconds)
-            continue
-        if moved:
-            on_moved()
+        for looker in lookers:
+            try:
+                moved = await asyncio.to_thread(looker.tick)
+            except Exception:
+                log.exception("a %s look failed; the next one runs in %.0f s", type(looker).__name__, interval_seconds)
+                continue
+            if moved:
+                on_moved()
 
 
 async def run_drift_checks(engine: Engine, clock: Clock, settings: DriftSettings) -> None:

@@ -1,8 +1,10 @@
-"""The check-in's answer with rollouts: pins first, then what each rollout assigns the device.
+"""The check-in's answer with rollouts and experiments: pins, then what a rollout or experiment assigns.
 
-Started rollouts are read once per ``ttl_seconds`` per process, not on every
-check-in: a decision reaches devices within that time plus their poll interval,
-and a process that makes a decision itself sees it at once (:meth:`invalidate`).
+Started rollouts and running experiments are read once per ``ttl_seconds`` per
+process, not on every check-in: a decision reaches devices within that time
+plus their poll interval, and a process that makes a decision itself sees it
+at once (:meth:`invalidate`). A device pin wins over both; a model has at most
+one running experiment and no experiment while a rollout of it runs.
 """
 
 from __future__ import annotations
@@ -15,9 +17,17 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from modelfleet.protocol import Artifact, DesiredModel
-from modelfleet.rollout import governing_rollout, rollout_version
+from modelfleet.rollout import experiment_bundle, governing_rollout, rollout_version
 from modelfleet.server._desired import DesiredStateResolver, artifact_url
-from modelfleet.store import DeviceRecord, Pin, StartedRollout, started_rollouts
+from modelfleet.store import (
+    DeviceRecord,
+    Pin,
+    RolloutBundle,
+    RunningExperiment,
+    StartedRollout,
+    running_experiments,
+    started_rollouts,
+)
 
 __all__ = ["RolloutResolver"]
 
@@ -33,50 +43,72 @@ class RolloutResolver:
         self._ttl = ttl_seconds
         self._monotonic = monotonic
         self._lock = threading.Lock()
-        self._cached: tuple[float, Sequence[StartedRollout]] | None = None
+        self._cached: tuple[float, Sequence[StartedRollout], Sequence[RunningExperiment]] | None = None
 
     def invalidate(self) -> None:
         """Forget the cached rollouts (after this process changed one)."""
         with self._lock:
             self._cached = None
 
-    def _rollouts(self, connection: Connection) -> Sequence[StartedRollout]:
+    def _read(self, connection: Connection) -> tuple[Sequence[StartedRollout], Sequence[RunningExperiment]]:
         now = self._monotonic()
         with self._lock:
             cached = self._cached
         if cached is not None and now - cached[0] < self._ttl:
-            return cached[1]
-        rollouts = started_rollouts(connection)
+            return cached[1], cached[2]
+        rollouts, experiments = started_rollouts(connection), running_experiments(connection)
         with self._lock:
-            self._cached = (now, rollouts)
-        return rollouts
+            self._cached = (now, rollouts, experiments)
+        return rollouts, experiments
 
     def __call__(self, connection: Connection, device: DeviceRecord, public_url: str) -> list[DesiredModel]:
-        """Pins' answer, with each model a matching rollout governs replaced by the rollout's version."""
+        """Pins' answer, with each model a rollout or experiment governs replaced by what it assigns."""
         desired = {entry.model: entry for entry in self._base(connection, device, public_url)}
-        rollouts = self._rollouts(connection)
-        if not rollouts:
-            return [desired[model] for model in sorted(desired)]
+        rollouts, experiments = self._read(connection)
         installed = {str(entry.get("model")): entry for entry in device.installed}
-        pinned: set[str] | None = None
-        for model in sorted({rollout.model for rollout in rollouts}):
-            rollout = governing_rollout(rollouts, model, device.tags)
-            if rollout is None:
-                continue
-            bundle = rollout_version(rollout, device.id, device.tags)
-            if bundle is None or (bundle is not rollout.new and model not in installed and model not in desired):
-                continue  # nothing to give, or do not install a baseline on a device that never ran the model
-            if pinned is None:
-                pinned = set(connection.scalars(select(Pin.model).where(Pin.device_id == device.id)))
-            if model in pinned:
-                continue
-            running: Any = (installed.get(model) or {}).get("release")
-            desired[model] = DesiredModel(
-                model=model,
-                version=bundle.version,
-                release=bundle.release,
-                rollback=isinstance(running, int) and running > bundle.release,
-                rollout_id=rollout.id,
-                artifact=Artifact(url=artifact_url(public_url, bundle.sha256), sha256=bundle.sha256, size=bundle.size),
-            )
+        assigned = _assignments(rollouts, experiments, device, set(installed) | set(desired))
+        if assigned:
+            pinned = set(connection.scalars(select(Pin.model).where(Pin.device_id == device.id)))
+            for model, (bundle, rollout_id, experiment_id) in assigned.items():
+                if model in pinned:
+                    continue  # an operator's pin for this very device wins
+                running: Any = (installed.get(model) or {}).get("release")
+                desired[model] = DesiredModel(
+                    model=model,
+                    version=bundle.version,
+                    release=bundle.release,
+                    rollback=isinstance(running, int) and running > bundle.release,
+                    rollout_id=rollout_id,
+                    experiment_id=experiment_id,
+                    artifact=Artifact(
+                        url=artifact_url(public_url, bundle.sha256), sha256=bundle.sha256, size=bundle.size
+                    ),
+                )
         return [desired[model] for model in sorted(desired)]
+
+
+_Assignment = tuple[RolloutBundle, str | None, str | None]
+
+
+def _assignments(
+    rollouts: Sequence[StartedRollout], experiments: Sequence[RunningExperiment], device: DeviceRecord, known: set[str]
+) -> dict[str, _Assignment]:
+    """Per model: the bundle a rollout or experiment assigns the device, with the rollout or experiment id."""
+    assigned: dict[str, _Assignment] = {}
+    for model in sorted({rollout.model for rollout in rollouts}):
+        rollout = governing_rollout(rollouts, model, device.tags)
+        bundle = rollout_version(rollout, device.id, device.tags) if rollout is not None else None
+        if rollout is None or bundle is None:
+            continue
+        if bundle is not rollout.new and model not in known:
+            continue  # do not install a baseline on a device that never ran the model
+        assigned[model] = (bundle, rollout.id, None)
+    for experiment in experiments:
+        bundle = experiment_bundle(experiment, device.id, device.tags)
+        if bundle is not None:
+            assigned[experiment.model] = (bundle, None, experiment.id)
+    return assigned
+
+
+def _artifact(public_url: str, bundle: RolloutBundle) -> Artifact:
+    return Artifact(url=artifact_url(public_url, bundle.sha256), sha256=bundle.sha256, size=bundle.size)

@@ -38,6 +38,7 @@ __all__ = [
     "Device",
     "EnrollmentToken",
     "EventRow",
+    "ExperimentRow",
     "ModelRow",
     "Pin",
     "Preauthorization",
@@ -339,3 +340,26 @@ class RolloutDecisionRow(Base):
     stage: Mapped[int] = mapped_column(Integer)
     reason: Mapped[str] = mapped_column(String(2048))
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class ExperimentRow(Base):
+    """An experiment between versions of a model: frozen spec, state, the latest analysis."""
+
+    __tablename__ = "experiments"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    model: Mapped[str] = mapped_column(ForeignKey("models.name"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    spec: Mapped[dict[str, Any]]
+    salt: Mapped[str] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(32), index=True)
+    revision: Mapped[int] = mapped_column(Integer, default=0)
+    planned_devices: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]
+    created_by: Mapped[str | None] = mapped_column(String(128))
+    started_at: Mapped[datetime | None]
+    stopped_at: Mapped[datetime | None]
+    reason: Mapped[str | None] = mapped_column(String(2048))
+    winner: Mapped[str | None] = mapped_column(String(128))
+    rollout_id: Mapped[str | None] = mapped_column(String(32))
+    last_analysis: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -1,0 +1,172 @@
+"""A/B experiments on a real database: sticky variants, a winner shipped by a rollout, SRM stops, conflicts."""
+
+import pytest
+
+from modelfleet.errors import ConflictError
+from modelfleet.rollout import (
+    Event,
+    ExperimentSpec,
+    ExperimentWatcher,
+    current_analysis,
+    experiment_variant,
+    new_rollout,
+    parse_spec,
+    promote_experiment,
+    run_command,
+    start_experiment,
+    stop_experiment,
+)
+from modelfleet.store import find_experiment, find_rollout, list_audit
+
+SPEC = {
+    "model": "digits",
+    "variants": [{"version": "1.0.0", "share": 50}, {"version": "2.0.0", "share": 50}],
+    "metrics": [{"metric": "mean_confidence"}, {"metric": "error_rate"}],
+    "minimum_detectable_effect": 0.02,
+    "exposure_windows": 2,
+    "device_sd": 0.02,
+    "auto_promote": {
+        "holdout_percent": 20,
+        "stages": [{"percent": 50}, {"percent": 100}],
+        "gates": [{"metric": "mean_confidence", "margin": 0.03}],
+    },
+}
+
+
+def start(fleet, spec=SPEC, *, force=True):
+    with fleet.sessions.begin() as session:
+        row = start_experiment(
+            session, ExperimentSpec.model_validate(spec), now=fleet.clock.now(), actor="alice", force=force
+        )
+        return row.id, row.salt
+
+
+def follow(fleet, experiment_id, salt, *, silent_arm=None):
+    """Devices run their variant; the devices of ``silent_arm`` stop reporting (as after a bad install)."""
+    spec = ExperimentSpec.model_validate(SPEC)
+    silent = set()
+    for device_id in fleet.ids:
+        arm = experiment_variant(salt, device_id, fleet.tags[device_id], spec)
+        fleet.running[device_id] = spec.variants[arm].version
+        if arm == silent_arm:
+            silent.add(device_id)
+    return silent
+
+
+def report(fleet, silent=()):
+    kept = fleet.ids
+    fleet.ids = [d for d in kept if d not in silent]
+    try:
+        fleet.report_window()
+    finally:
+        fleet.ids = kept
+
+
+def test_variants_split_the_target_by_their_shares_and_stick(sim_fleet):
+    fleet = sim_fleet()
+    _, salt = start(fleet)
+    spec = ExperimentSpec.model_validate(SPEC)
+    arms = [experiment_variant(salt, d, {}, spec) for d in fleet.ids]
+    assert 0.4 < arms.count(1) / len(arms) < 0.6
+    assert arms == [experiment_variant(salt, d, {}, spec) for d in fleet.ids]
+
+
+def test_a_better_variant_wins_and_is_shipped_through_a_staged_rollout(sim_fleet):
+    fleet = sim_fleet()
+    fleet.effects.confidence = 0.04
+    experiment_id, salt = start(fleet)
+    follow(fleet, experiment_id, salt)
+    watcher = ExperimentWatcher(fleet.sessions, fleet.clock)
+    for _ in range(6):
+        report(fleet)
+        if watcher.tick():
+            break
+    with fleet.sessions() as session:
+        row = find_experiment(session, experiment_id)
+        assert (row.state, row.winner) == ("promoted", "2.0.0")
+        rollout = find_rollout(session, row.rollout_id)
+        assert (rollout.version, rollout.state, rollout.baseline_version) == ("2.0.0", "canary", "1.0.0")
+        (promoted,) = list_audit(session, action="experiment.promoted")
+        lifts = promoted.detail["analysis"]["lifts"]
+        confidence = next(lift for lift in lifts if lift["metric"] == "mean_confidence")
+        assert confidence["better"] is True
+        assert confidence["lower"] > 0
+
+
+def test_devices_of_one_variant_going_silent_stop_the_experiment_on_sample_ratio_mismatch(sim_fleet):
+    fleet = sim_fleet(devices=400)
+    experiment_id, salt = start(fleet)
+    silent = follow(fleet, experiment_id, salt, silent_arm=1)
+    quiet = set(list(silent)[: len(silent) * 2 // 3])  # two thirds of variant 1 never report
+    watcher = ExperimentWatcher(fleet.sessions, fleet.clock)
+    for _ in range(4):
+        report(fleet, quiet)
+        watcher.tick()
+    with fleet.sessions() as session:
+        row = find_experiment(session, experiment_id)
+        assert row.state == "stopped"
+        assert "sample" in (row.reason or "").lower()
+
+
+def test_without_a_winner_promotion_needs_a_named_version(sim_fleet):
+    fleet = sim_fleet()
+    experiment_id, salt = start(fleet)
+    follow(fleet, experiment_id, salt)
+    report(fleet)
+    with fleet.sessions.begin() as session, pytest.raises(ConflictError) as caught:
+        promote_experiment(session, experiment_id, now=fleet.clock.now(), actor="alice")
+    assert caught.value.code == "no_winner"
+    with fleet.sessions.begin() as session:
+        row = promote_experiment(session, experiment_id, now=fleet.clock.now(), actor="alice", version="2.0.0")
+        assert row.state == "promoted"
+
+
+def test_experiments_and_rollouts_of_one_model_exclude_each_other(sim_fleet):
+    fleet = sim_fleet()
+    experiment_id, _ = start(fleet)
+    rollout = parse_spec({**SPEC["auto_promote"], "model": "digits", "version": "2.0.0"})
+    with fleet.sessions.begin() as session, pytest.raises(ConflictError) as caught:
+        new_rollout(session, rollout, now=fleet.clock.now(), actor="alice")
+    assert caught.value.code == "experiment_in_progress"
+    with fleet.sessions.begin() as session:
+        stop_experiment(session, experiment_id, now=fleet.clock.now(), actor="alice", reason="done")
+    with fleet.sessions.begin() as session:
+        row = new_rollout(session, rollout, now=fleet.clock.now(), actor="alice")
+        run_command(session, row.id, Event.START, actor="alice", role="admin", now=fleet.clock.now())
+    with pytest.raises(ConflictError) as caught:
+        start(fleet)
+    assert caught.value.code == "rollout_in_progress"
+
+
+def test_shadow_and_time_slice_are_refused_until_agents_run_candidates(sim_fleet):
+    fleet = sim_fleet()
+    for kind in ("shadow", "time_slice"):
+        with pytest.raises(ConflictError) as caught:
+            start(fleet, {**SPEC, "kind": kind})
+        assert caught.value.code == "kind_not_supported"
+
+
+def test_a_plan_that_cannot_reach_its_power_is_refused_unless_forced(sim_fleet):
+    fleet = sim_fleet(devices=40)
+    tiny = {**SPEC, "minimum_detectable_effect": 0.001}
+    with pytest.raises(ConflictError) as caught:
+        start(fleet, tiny, force=False)
+    assert caught.value.code == "plan_infeasible"
+    experiment_id, _ = start(fleet, tiny, force=True)
+    with fleet.sessions() as session:
+        analysis = current_analysis(session, find_experiment(session, experiment_id))
+    assert analysis.verdict == "inconclusive"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"variants": [{"version": "1.0.0", "share": 60}, {"version": "2.0.0", "share": 60}]}, "add up to 100"),
+        ({"variants": [{"version": "1.0.0", "share": 100}]}, "variants"),
+        ({"kind": "shadow", "variants": [{"version": "1.0.0", "share": 50}, {"version": "2.0.0", "share": 25},
+                                         {"version": "3.0.0", "share": 25}]}, "exactly two versions"),
+    ],
+)  # fmt: skip
+def test_a_wrong_spec_names_what_is_wrong(change, field):
+    with pytest.raises(ValueError, match=field):
+        ExperimentSpec.model_validate({**SPEC, **change})

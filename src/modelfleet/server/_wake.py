@@ -141,7 +141,8 @@ class MqttWakePublisher(WakePublisher):
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:  # noqa: ANN401, ARG002 - paho's signature
         self._connected.clear()
-        logger.warning("MQTT broker connection lost (%s); reconnecting", reason)
+        if self._client is not None:  # not a close() of ours
+            logger.warning("MQTT broker connection lost (%s); reconnecting", reason)
 
 
 def wake_publisher(mqtt_url: str | None) -> WakePublisher:

@@ -57,7 +57,10 @@ class DeviceRecord:
     installed: Sequence[Mapping[str, Any]] = ()
 
 
-_BY_CREDENTIAL = "SELECT id, status, tags, report_hash, installed FROM devices WHERE credential_hash = ?"
+# JSON read as text on both back ends, so recurring documents are decoded once (``as_json``).
+_BY_CREDENTIAL = (
+    "SELECT id, status, CAST(tags AS TEXT), report_hash, CAST(installed AS TEXT) FROM devices WHERE credential_hash = ?"
+)
 
 
 def device_by_credential(conn: Connection, credential: str) -> DeviceRecord | None:

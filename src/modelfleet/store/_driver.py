@@ -6,9 +6,9 @@ for them: 25 µs against 4 µs for the credential read on SQLite, 120 µs agains
 20 µs for the pin candidates. These reads therefore run on the DBAPI connection
 under the SQLAlchemy :class:`~sqlalchemy.Connection` (same pool, same
 transaction), with SQL written for both back ends, and convert the few typed
-columns themselves (JSON text on SQLite, UTC datetimes). SQLAlchemy's
-``before_cursor_execute`` listeners still see every statement, so statement
-counting and tracing instrumentation keep working.
+columns themselves (JSON read as text and decoded once per distinct text, UTC
+datetimes). SQLAlchemy's ``before_cursor_execute`` listeners still see every
+statement, so statement counting and tracing instrumentation keep working.
 """
 
 from __future__ import annotations

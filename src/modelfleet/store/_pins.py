@@ -135,7 +135,7 @@ def delete_pin(session: Session, pin_id: int) -> Pin:
 
 # The device's own pins and every selector pin (both by the device_id index), with their unyanked bundles.
 _PINS = (
-    "SELECT p.id, b.model, b.version, b.release, b.sha256, b.size, p.device_id, p.selector, p.created_at"
+    "SELECT p.id, b.model, b.version, b.release, b.sha256, b.size, p.device_id, CAST(p.selector AS TEXT), p.created_at"
     " FROM pins p JOIN bundles b ON b.model = p.model AND b.version = p.version"
     " WHERE (p.device_id = ? OR p.device_id IS NULL) AND b.yanked_at IS NULL"
 )

@@ -4,6 +4,10 @@ import re
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow
+
 
 def test_quick_demo_catches_the_regression_retrains_on_drift_and_completes_v3(tmp_path):
     workdir = tmp_path / "demo"

@@ -13,6 +13,8 @@ import pytest
 
 from modelfleet.sim import load_scenario, run_scenario
 
+pytestmark = pytest.mark.slow
+
 DEVICES = 100
 
 

@@ -153,6 +153,7 @@ class VirtualDevice:
         self.summaries_sent = 0
         self._cut_pending = spec.power_cut is not None
         self._link_now = True
+        self._downloads: httpx.Client | None = None
         self.agent = self._boot()
 
     # ------------------------------------------------------------ lifecycle
@@ -191,13 +192,15 @@ class VirtualDevice:
             def sink(event: Event) -> None:
                 outbox.add_event(event)
 
+            # Downloads carry the device's credential, as the agent's own downloader's do.
+            self._downloads = httpx.Client(follow_redirects=True, auth=agent.client.auth())
             agent.installer.close()
             agent.installer = Installer(
                 self.data_dir,
                 agent.installer.config,
                 sink=sink,
                 clock=self.fixture.clock,
-                downloader=Downloader(download),
+                downloader=Downloader(download, client=self._downloads),
                 checkpoint=self._cut_at(self.spec.power_cut),
             )
         return agent
@@ -213,7 +216,13 @@ class VirtualDevice:
     def close(self) -> None:
         """Flush the Predictor into the outbox and release everything."""
         self._unload(flush=True)
+        self._shutdown()
+
+    def _shutdown(self) -> None:
         self.agent.close()
+        if self._downloads is not None:
+            self._downloads.close()
+            self._downloads = None
 
     # ------------------------------------------------------------ the application
 
@@ -260,7 +269,7 @@ class VirtualDevice:
             self.power_cuts += 1
             log.info("power cut on %s during an install", self.spec.device_id)
             self._unload(flush=False)  # the application dies with the power: its open window is lost
-            self.agent.close()
+            self._shutdown()
             self.agent = self._boot()
             return None
         if not result.ok:

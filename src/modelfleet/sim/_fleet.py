@@ -190,15 +190,19 @@ class Fleet:
             model=MODEL,
             drop=scenario.links.drop,
         )
-        groups: dict[tuple[tuple[str, str], ...], int] = {}
-        for spec in self.specs:
-            key = tuple(sorted(spec.tags.items()))
-            groups[key] = groups.get(key, 0) + 1
-        for key, uses in groups.items():
-            fixture.tokens[key] = self.server.enrollment_token(uses, dict(key))
-        self.devices = [
-            VirtualDevice(spec, fixture, seed=self.seed * 1_000_003 + i) for i, spec in enumerate(self.specs)
-        ]
+        try:
+            groups: dict[tuple[tuple[str, str], ...], int] = {}
+            for spec in self.specs:
+                key = tuple(sorted(spec.tags.items()))
+                groups[key] = groups.get(key, 0) + 1
+            for key, uses in groups.items():
+                fixture.tokens[key] = self.server.enrollment_token(uses, dict(key))
+            self.devices = [
+                VirtualDevice(spec, fixture, seed=self.seed * 1_000_003 + i) for i, spec in enumerate(self.specs)
+            ]
+        except BaseException:
+            self.server.close()
+            raise
         self.rollouts: dict[str, str] = {}  # version -> rollout id
         self.retrain_events: list[dict[str, Any]] = []
         self._counters = _Counters()

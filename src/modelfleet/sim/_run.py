@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 _TERMINAL = frozenset({"complete", "rolled_back", "aborted"})
 _FIELD_DEVICES = 60
+_SETTLE_ROUNDS = 4
 _FIELD_ROWS = 8000 // _FIELD_DEVICES
 
 
@@ -95,7 +96,7 @@ class Outcome:
                 for version, r in self.rollouts.items()
             },
             "built": {
-                v: {"accuracy": b.accuracy, "int8_parity": b.parity, "bytes": b.path.stat().st_size}
+                v: {"accuracy": b.accuracy, "int8_parity": b.parity, "bytes": b.size}
                 for v, b in self.built.items()
             },
             "retrain_events": len(self.retrain_events),
@@ -221,12 +222,20 @@ def run_scenario(
                 if not retrain_left or waited_for_retrain > scenario.rounds:
                     break
                 waited_for_retrain += 1
-        fleet.round()  # one more window, so every device reports what it runs after the last decision
+        _settle(fleet, operator.stable)
     except BaseException:
         fleet.close()
         fleet.stop_server()
         raise
     return _outcome(fleet, operator, scenario, devices), fleet
+
+
+def _settle(fleet: Fleet, stable: str | None) -> None:
+    """A few more windows, until every online device runs the stable version (devices follow at their next poll)."""
+    for _ in range(_SETTLE_ROUNDS):
+        last = fleet.round()
+        if stable is None or set(last.running) == {stable}:
+            return
 
 
 def _outcome(fleet: Fleet, operator: _Operator, scenario: Scenario, devices: int) -> Outcome:

@@ -14,12 +14,14 @@ loopback HTTP endpoint that checks the HMAC signature and keeps the events.
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import logging
-import multiprocessing
 import secrets
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -46,13 +48,14 @@ from modelfleet.server import (
 from modelfleet.sim._clock import SharedClock
 from modelfleet.store import make_engine
 
-__all__ = ["FleetServer", "RetrainInbox"]
+__all__ = ["FleetServer", "RetrainInbox", "serve"]
 
 log = logging.getLogger(__name__)
 
 _START_TIMEOUT_S = 30.0
 _FAR_S = 3600.0  # background loops on wall time: the simulator drives this work on fleet time instead
 _MAX_EVENT_BYTES = 1 << 20
+_ENTRY = "import sys; from modelfleet.sim._server import serve; serve(*sys.argv[1:])"
 
 
 class RetrainInbox:
@@ -98,12 +101,12 @@ class RetrainInbox:
         self._server.server_close()
 
 
-def _serve(config_json: str, clock_path: str, port: int) -> None:
-    """The server process: the app on the shared clock, under uvicorn on ``127.0.0.1:port``."""
-    config = ServerConfig.model_validate_json(config_json)
+def serve(config_path: str, clock_path: str, port: str) -> None:
+    """The server process's body: the app on the shared clock, under uvicorn on ``127.0.0.1:port``."""
+    config = ServerConfig.model_validate_json(Path(config_path).read_bytes())
     app = create_app(config, clock=SharedClock(Path(clock_path)))
     uvicorn.run(
-        app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", backlog=4096, timeout_keep_alive=3600
+        app, host="127.0.0.1", port=int(port), log_level="warning", lifespan="on", backlog=4096, timeout_keep_alive=3600
     )
 
 
@@ -164,11 +167,12 @@ class FleetServer:
                 "drift": self.drift,
             }
         )
-        context = multiprocessing.get_context("spawn")
-        self._process = context.Process(
-            target=_serve, args=(self.config.model_dump_json(), str(clock.path), port), name="fleet-server"
+        config_path = data_dir / "sim-server.json"
+        config_path.write_text(self.config.model_dump_json())
+        # A fresh interpreter (not multiprocessing): it must not re-run the caller's __main__.
+        self._process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-c", _ENTRY, str(config_path), str(clock.path), str(port)]
         )
-        self._process.start()
         self.admin = httpx.Client(
             base_url=self.url, timeout=60, headers={"Authorization": f"Bearer {made.admin_token}"}
         )
@@ -178,13 +182,13 @@ class FleetServer:
         self._notifier = RetrainNotifier(self.drift, sleep=lambda _s: None)
 
     @property
-    def pid(self) -> int | None:
+    def pid(self) -> int:
         """The server process's id."""
         return self._process.pid
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + _START_TIMEOUT_S
-        while time.monotonic() < deadline and self._process.is_alive():
+        while time.monotonic() < deadline and self._process.poll() is None:
             try:
                 if self.admin.get("/healthz").status_code == 200:  # noqa: PLR2004 - HTTP OK
                     return
@@ -192,6 +196,7 @@ class FleetServer:
                 pass
             time.sleep(0.05)
         self._process.kill()
+        self._process.wait()
         msg = f"the fleet server did not start on {self.url}"
         raise ModelfleetError(msg, code="server_not_started")
 
@@ -249,17 +254,15 @@ class FleetServer:
         """Stop the server process (SIGTERM: uvicorn shuts down and flushes)."""
         self.admin.close()
         self.engine.dispose()
-        if self._process.is_alive():
+        if self._process.poll() is None:
             self._process.terminate()
-        self._process.join(30)
-        if self._process.is_alive():
+        try:
+            self._process.wait(30)
+        except subprocess.TimeoutExpired:
             self._process.kill()
-            self._process.join(5)
+            self._process.wait(5)
 
     def serve_until_interrupted(self) -> None:
         """Block until Ctrl-C (the demo leaves the server up for its pages)."""
-        try:
-            while self._process.is_alive():
-                self._process.join(0.5)
-        except KeyboardInterrupt:
-            pass
+        with contextlib.suppress(KeyboardInterrupt):
+            self._process.wait()

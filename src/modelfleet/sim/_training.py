@@ -36,6 +36,7 @@ class BuiltVersion:
     manifest: Manifest
     accuracy: float
     parity: float | None
+    size: int
 
 
 def sensor_data(
@@ -140,4 +141,5 @@ def build_version(
         manifest=manifest,
         accuracy=float(manifest.evidence.metrics.get("accuracy", float("nan"))),
         parity=parity.agreement if parity is not None else None,
+        size=out.stat().st_size,
     )

@@ -96,8 +96,7 @@ class Outcome:
                 for version, r in self.rollouts.items()
             },
             "built": {
-                v: {"accuracy": b.accuracy, "int8_parity": b.parity, "bytes": b.size}
-                for v, b in self.built.items()
+                v: {"accuracy": b.accuracy, "int8_parity": b.parity, "bytes": b.size} for v, b in self.built.items()
             },
             "retrain_events": len(self.retrain_events),
             "without_model": len(self.without_model),

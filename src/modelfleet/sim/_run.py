@@ -52,6 +52,7 @@ class Outcome:
     power_cuts: int
     failed_steps: int
     stable: str | None
+    window_s: int
     expectations: dict[str, bool] = field(default_factory=dict)
 
     @property
@@ -73,9 +74,7 @@ class Outcome:
             "ok": self.ok,
             "expectations": self.expectations,
             "rounds": len(self.rounds),
-            "fleet_seconds": self.rounds[-1].elapsed_s + (self.rounds[1].elapsed_s if len(self.rounds) > 1 else 0)
-            if self.rounds
-            else 0,
+            "fleet_seconds": len(self.rounds) * self.window_s,
             "stable": self.stable,
             "rollouts": {
                 version: {
@@ -255,6 +254,7 @@ def _outcome(fleet: Fleet, operator: _Operator, scenario: Scenario, devices: int
         power_cuts=last.power_cuts,
         failed_steps=last.failed_steps,
         stable=operator.stable,
+        window_s=fleet.window,
     )
     for version, expected in scenario.expect.rollouts.items():
         state = outcome.rollout_state(version)

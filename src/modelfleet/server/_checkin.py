@@ -150,9 +150,9 @@ class LoopConnection:
     Checking a connection out of SQLAlchemy's pool and back in costs about as
     much as one of the check-in's reads. The event loop answers one check-in at
     a time and never awaits while it reads, so one connection serves them all.
-    It runs in autocommit mode: its reads need no transaction, and on
-    PostgreSQL that saves a BEGIN and a ROLLBACK round trip per check-in (each
-    read sees the latest committed data, as under READ COMMITTED). After each
+    On a database server it runs in autocommit mode: its reads need no
+    transaction, and that saves a BEGIN and a ROLLBACK round trip per check-in
+    (each read sees the latest committed data, as under READ COMMITTED). After each
     check-in anything still open is rolled back, as the pool does when a
     connection comes back; a connection found dead is dropped and the next
     check-in opens a new one. Use it from the event loop's thread only.
@@ -167,8 +167,9 @@ class LoopConnection:
         """The kept connection (opened if need be), its transaction ended when the block ends."""
         connection = self._connection
         if connection is None or connection.closed or connection.invalidated:
-            connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-            self._connection = connection
+            connection = self._connection = self._engine.connect()
+            if connection.dialect.name != "sqlite":  # SQLite's driver begins nothing before a read anyway
+                connection.execution_options(isolation_level="AUTOCOMMIT")
         try:
             yield connection
         finally:

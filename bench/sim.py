@@ -112,13 +112,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="steady rounds per size")
     parser.add_argument("--quick", action="store_true", help="one small size, to prove the harness")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "sim.json")
+    parser.add_argument("--merge", action="store_true", help="keep the sizes already in --out (measured earlier)")
     args = parser.parse_args()
     sizes = [40] if args.quick else [int(s) for s in args.sizes.split(",")]
-    results = []
+    results = json.loads(args.out.read_text())["sizes"] if args.merge and args.out.exists() else []
+    results = [r for r in results if r["devices"] not in sizes]
     for size in sizes:
         result = measure(size, 1 if args.quick else args.rounds)
         print(json.dumps(result), flush=True)
         results.append(result)
+    results.sort(key=lambda r: r["devices"])
     biggest = results[-1]
     window_s = 300.0
     by_time = int(biggest["devices"] * window_s / biggest["steady_round_s"])

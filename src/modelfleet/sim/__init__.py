@@ -4,8 +4,9 @@
 YAML file) on a :class:`Fleet` of real agents against a real server over loopback
 HTTP, on one simulated clock; :func:`write_report` draws the run. Modules:
 ``_scenario`` (the file format), ``_signal`` (the simulated vibration sensor),
-``_training`` (train, export, sign a version), ``_server`` (the server and the
-retrain webhook), ``_device`` (one virtual device), ``_fleet`` (rounds),
+``_training`` (train, export, sign a version), ``_clock`` (the clock both
+processes read), ``_server`` (the server process and the retrain webhook),
+``_device`` (one virtual device), ``_fleet`` (rounds),
 ``_run`` (the operator's timeline), ``_report`` (HTML and SVG).
 
 The model factories need only numpy and onnx; the simulator's names load on

@@ -7,8 +7,13 @@ returns the evaluation with every number behind it (shared/DESIGN.md §7).
   ``exposure_windows`` windows in the stage (of the version its cohort runs,
   each with at least ``min_inferences``); its value for each metric is the ratio
   of sums over exactly those windows, so it never changes afterwards.
-- Canary and holdout devices are measured over the same calendar time: the
-  stage's, which starts when the stage does.
+- Canary and holdout devices are measured over the same calendar windows: the
+  stage's, after ``settle_windows`` in which the stage's installs land. So both
+  arms complete their exposure at the same time and the stream's order (by
+  completion, then device id) does not depend on the arm; were treated devices
+  to arrive later than holdout ones, as they would if their install time
+  counted, the fixed treatment probability of the estimator would be wrong for
+  the early and late parts of the stream.
 - Devices enter the stream in the order they completed exposure (ties by
   device id), which is what the always-valid confidence sequence needs.
 - Each gate is a confidence sequence at the spec's α split over gates × stages
@@ -24,6 +29,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -71,15 +77,21 @@ def device_values(
     new_version: str,
     baseline_version: str | None,
     spec: RolloutSpec,
+    since: datetime | None = None,
 ) -> list[DeviceValues]:
     """Devices that completed exposure, in stream order, with their metric values.
 
     A treated device counts only its windows of the new version, a holdout
     device only its windows of the baseline; devices of other cohorts and
-    windows with fewer than ``min_inferences`` inferences do not count.
+    windows with fewer than ``min_inferences`` inferences, or starting within
+    ``settle_windows`` of ``since`` (the stage's start), do not count.
     """
     by_device: dict[str, list[DeviceWindow]] = defaultdict(list)
     for window in sorted(windows, key=lambda w: (w.window_start, w.device_id)):
+        if since is not None and window.window_start < since + timedelta(
+            seconds=spec.settle_windows * window.window_seconds
+        ):
+            continue
         cohort = cohorts.get(window.device_id)
         expected = {Cohort.TREATED: new_version, Cohort.HOLDOUT: baseline_version}.get(cohort) if cohort else None
         if expected is None or window.version != expected or window.n < spec.min_inferences:

@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 FAILURE_EVENTS = frozenset({"install_failed", "verify_failed", "health_failed", "rolled_back", "crash_loop"})
 """Device events that count against a version in the hard triggers (transport failures do not)."""
 SUCCESS_EVENTS = frozenset({"health_passed", "committed"})
+_LOOKED_AT = frozenset({*ACTIVE, RolloutState.ROLLING_BACK})
 ROLES_FOR_APPROVAL = {"admin": {"admin"}, "release-manager": {"admin", "release-manager"}}
 
 
@@ -246,11 +247,7 @@ class Reconciler:
         """One look at every rollout that can move; returns the ids that moved."""
         with self._sessions() as session:
             ids = list(
-                session.scalars(
-                    select(RolloutRow.id).where(
-                        RolloutRow.state.in_([*(s.value for s in ACTIVE), RolloutState.ROLLING_BACK.value])
-                    )
-                )
+                session.scalars(select(RolloutRow.id).where(RolloutRow.state.in_([s.value for s in _LOOKED_AT])))
             )
         return [rollout_id for rollout_id in ids if self.look(rollout_id)]
 
@@ -262,6 +259,8 @@ class Reconciler:
                 row = find_rollout(session, rollout_id)
             except NotFoundError:
                 return False
+            if RolloutState(row.state) not in _LOOKED_AT:
+                return False  # another process moved it since the ids were listed
             spec = _spec(row)
             decision = decide(session, row, spec, now)
             if decision.event is None:
@@ -357,7 +356,7 @@ def _canary(
     versions = [row.version, *([row.baseline_version] if row.baseline_version else [])]
     windows = windows_since(session, row.model, versions, since)
     completed = device_values(
-        windows, cohorts, new_version=row.version, baseline_version=row.baseline_version, spec=spec
+        windows, cohorts, new_version=row.version, baseline_version=row.baseline_version, spec=spec, since=since
     )
     percent = _percent(spec, row.stage)
     evaluation = evaluate_stage(

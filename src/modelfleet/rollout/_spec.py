@@ -10,6 +10,7 @@ field (``stages[1].percent: must be above the previous stage's 25``)::
     alpha: 0.01                     # P(roll back a model that is not worse), all gates and stages
     on_failure: rollback            # or pause
     exposure_windows: 3             # telemetry windows a device needs before it counts
+    settle_windows: 1               # windows after a stage starts that nobody counts (installs land)
     lab: {min_devices: 1, min_duration: 10m}
     stages:
       - {percent: 5, min_devices: 20, min_duration: 1h}
@@ -173,6 +174,7 @@ class RolloutSpec(_Spec):
     alpha: float = Field(default=0.01, gt=0, lt=0.5)
     on_failure: Literal["rollback", "pause"] = "rollback"
     exposure_windows: int = Field(default=3, ge=1, le=1000)
+    settle_windows: int = Field(default=1, ge=0, le=100, description="stage windows skipped while installs land")
     min_inferences: int = Field(default=1, ge=1, description="per device window, to count it")
     lab: LabStage | None = None
     stages: tuple[Stage, ...] = Field(min_length=1, max_length=20)

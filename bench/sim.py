@@ -12,8 +12,9 @@ steady round, and resident memory of the simulator and of the server.
 device) takes less than the window itself in wall time: the machine keeps up with
 the fleet in real time. The largest sustained fleet is projected from the biggest
 measured size, bounded by time (window / round time per device) and by memory
-(available memory / resident memory per device), and the result says which bound
-binds. Results go to ``bench/results/sim.json``; ``--quick`` proves the harness.
+(available memory / resident memory per device) and by open files (the process's
+limit / descriptors per device: an outbox, two keep-alive sockets, a slot lock),
+and the result says which bound binds. Results go to ``bench/results/sim.json``; ``--quick`` proves the harness.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import tempfile
 import time
@@ -51,6 +53,11 @@ def rss_mb(pid: int | None = None) -> float:
     return int(line.split()[1]) / 1024
 
 
+def open_files(pid: int | None = None) -> int:
+    """File descriptors a process holds."""
+    return sum(1 for _ in Path(f"/proc/{pid or os.getpid()}/fd").iterdir())
+
+
 def available_mb() -> float:
     """MemAvailable in MB."""
     line = next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemAvailable:"))
@@ -61,7 +68,7 @@ def measure(devices: int, rounds: int) -> dict[str, Any]:
     """One fleet size: set-up, install round, steady rounds, memory."""
     scenario = parse_scenario(SCENARIO)
     with tempfile.TemporaryDirectory(prefix="bench-sim-") as scratch:
-        base_rss = rss_mb()
+        base_rss, base_fds = rss_mb(), open_files()
         started = time.perf_counter()
         fleet = Fleet(scenario, devices, Path(scratch))
         setup_s = time.perf_counter() - started
@@ -78,6 +85,7 @@ def measure(devices: int, rounds: int) -> dict[str, Any]:
                 fleet.round()
                 steady.append(time.perf_counter() - started)
             sim_rss, server_rss = rss_mb(), rss_mb(fleet.server.pid)
+            sim_fds, server_fds = open_files(), open_files(fleet.server.pid)
             running = fleet.log.rounds[-1].running
             failed = fleet.log.rounds[-1].failed_steps
             sent, stored = fleet.summaries_sent(), fleet.summaries_stored()
@@ -99,6 +107,8 @@ def measure(devices: int, rounds: int) -> dict[str, Any]:
         "sim_rss_mb": round(sim_rss, 1),
         "server_rss_mb": round(server_rss, 1),
         "mb_per_device": round(per_device_mb, 2),
+        "fds_per_device": round((sim_fds - base_fds) / devices, 2),
+        "server_fds_per_device": round(server_fds / devices, 2),
         "running_at_end": running,
         "failed_steps": failed,
         "summaries": {"sent": sent, "stored": stored},
@@ -126,15 +136,19 @@ def main() -> None:
     window_s = 300.0
     by_time = int(biggest["devices"] * window_s / biggest["steady_round_s"])
     by_memory = int((available_mb() + biggest["sim_rss_mb"] + biggest["server_rss_mb"]) / biggest["mb_per_device"])
+    fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    by_files = int(fd_limit / max(biggest["fds_per_device"], biggest["server_fds_per_device"]))
+    bounds = {"time": by_time, "memory": by_memory, "open_files": by_files}
     document = {
         "benchmark": "sim",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg": os.getloadavg()},
         "sizes": results,
         "largest_measured": biggest["devices"],
         "largest_measured_sustained": biggest["steady_round_s"] < window_s,
-        "projected_largest_sustained": min(by_time, by_memory),
-        "projection_bound_by": "memory" if by_memory < by_time else "time",
-        "projection": {"by_time": by_time, "by_memory": by_memory, "window_s": window_s},
+        "projected_largest_sustained": min(bounds.values()),
+        "projection_bound_by": min(bounds, key=lambda name: bounds[name]),
+        "projection": {**{f"by_{name}": value for name, value in bounds.items()}, "window_s": window_s},
+        "open_files_limit": fd_limit,
     }
     if not args.quick:
         args.out.parent.mkdir(parents=True, exist_ok=True)

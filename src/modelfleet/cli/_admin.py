@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +21,7 @@ from rich.table import Table
 from modelfleet.bundle import PublicKey
 from modelfleet.cli._client import AdminClient
 from modelfleet.cli._console import EXIT_REFUSED, err, out
-from modelfleet.cli._render import human_bytes
+from modelfleet.cli._render import human_bytes, print_json
 from modelfleet.config import load_settings
 from modelfleet.errors import ConfigError, ModelfleetError, TransportError
 
@@ -74,10 +73,6 @@ def _items(answer: Any, key: str) -> list[dict[str, Any]]:  # noqa: ANN401 - JSO
     """A list answer, bare or wrapped as ``{key: [...]}``."""
     items = answer.get(key, []) if isinstance(answer, dict) else answer
     return [item for item in items or [] if isinstance(item, dict)]
-
-
-def _print_json(document: object) -> None:
-    typer.echo(json.dumps(document, indent=2, sort_keys=True))
 
 
 def _tags_text(tags: object) -> str:
@@ -133,7 +128,7 @@ def push(
             err.print(f"[bold red]REFUSED[/] the server refused {bundle}: {refusal.message} [dim]\\[{refusal.code}][/]")
             raise typer.Exit(EXIT_REFUSED) from None
     if as_json:
-        _print_json(stored)
+        print_json(stored)
         return
     size = stored.get("size")
     digest = str(stored.get("sha256", ""))[:16]
@@ -161,7 +156,7 @@ def devices_list(
     with connect(server, token) as client:
         devices = _items(client.get("/devices", params), "devices")
     if as_json:
-        _print_json(devices)
+        print_json(devices)
         return
     table = Table("device", "status", "tags", "runs", "last seen", box=None, header_style="bold")
     for device in devices:
@@ -299,7 +294,7 @@ def pin(
     with connect(server, token) as client:
         created = client.post("/pins", body)
     if as_json:
-        _print_json(created)
+        print_json(created)
         return
     out.print(f"pin {created['id']}: {model} {version} on {target}")
 
@@ -314,7 +309,7 @@ def pins_list(
     with connect(server, token) as client:
         pins = _items(client.get("/pins"), "pins")
     if as_json:
-        _print_json(pins)
+        print_json(pins)
         return
     table = Table("id", "model", "version", "target", "created", box=None, header_style="bold")
     for item in pins:

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import typer
 import yaml
+from pydantic import ValidationError
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
 from modelfleet.cli._admin import _JSON, _SERVER, _TOKEN, connect
 from modelfleet.cli._console import EXIT_REFUSED, err, out
+from modelfleet.cli._render import fmt_number as _fmt
+from modelfleet.cli._render import print_json
 from modelfleet.errors import BadDataError
-from modelfleet.rollout import ExperimentSpec
+from modelfleet.rollout import ExperimentSpec, validation_problems
 
 __all__ = ["experiment_app"]
 
@@ -32,21 +34,12 @@ def load_experiment(path: Path) -> ExperimentSpec:
     """
     try:
         return ExperimentSpec.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError) as exc:
-        msg = f"experiment spec {path} refused: {exc}"
+    except ValidationError as exc:
+        msg = f"experiment spec {path} refused: {validation_problems(exc, 'spec')}"
+        raise BadDataError(msg, code="bad_experiment_spec") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        msg = f"cannot read experiment spec {path}: {exc}"
         raise BadDataError(msg, code="bad_experiment_spec") from exc
-
-
-def _print_json(document: object) -> None:
-    typer.echo(json.dumps(document, indent=2, sort_keys=True, default=str))
-
-
-def _fmt(value: object, digits: int = 4) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}"
-    return str(value)
 
 
 def status_view(experiment: dict[str, Any]) -> Group:
@@ -79,7 +72,7 @@ def plan(
     with connect(server, token) as client:
         answer = client.post("/experiments/plan", spec.canonical())
     if as_json:
-        _print_json(answer)
+        print_json(answer)
     else:
         hours = answer["duration"] / 3600
         out.print(f"{spec.kind}: {answer['devices_needed']} devices over {hours:.3g} h; {answer['reason']}")
@@ -100,7 +93,7 @@ def start(
     with connect(server, token) as client:
         answer = client.post(f"/experiments?force={'true' if force else 'false'}", spec.canonical())
     if as_json:
-        _print_json(answer)
+        print_json(answer)
         return
     out.print(
         f"started experiment [bold]{answer['id']}[/] on {answer['model']} ({answer['planned_devices']} devices planned)"
@@ -115,7 +108,7 @@ def status(
     with connect(server, token) as client:
         answer = client.get(f"/experiments/{experiment_id}")
     if as_json:
-        _print_json(answer)
+        print_json(answer)
         return
     out.print(status_view(answer))
 

@@ -2,17 +2,33 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 
+import typer
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from modelfleet.bundle import BundleHeader, Histogram, Manifest
 
-__all__ = ["human_bytes", "render_header", "sparkline"]
+__all__ = ["fmt_number", "human_bytes", "print_json", "render_header", "sparkline"]
 
 _BARS = " ▁▂▃▄▅▆▇█"
+
+
+def print_json(document: object) -> None:
+    """Print a JSON answer readably (sorted keys; times and other objects as text)."""
+    typer.echo(json.dumps(document, indent=2, sort_keys=True, default=str))
+
+
+def fmt_number(value: object, digits: int = 4) -> str:
+    """A number for a table cell: ``-`` for none, floats to ``digits`` significant digits."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
 
 
 def human_bytes(size: int) -> str:

@@ -7,7 +7,6 @@ devices and the device-to-device variance the baseline shows.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,8 @@ from rich.text import Text
 
 from modelfleet.cli._admin import _JSON, _SERVER, _TOKEN, connect
 from modelfleet.cli._console import EXIT_REFUSED, err, out
+from modelfleet.cli._render import fmt_number as _fmt
+from modelfleet.cli._render import print_json
 from modelfleet.rollout import load_spec
 
 __all__ = ["rollout_app"]
@@ -28,18 +29,6 @@ rollout_app = typer.Typer(help="Staged rollouts gated by sequential statistics."
 _SPEC = typer.Argument(..., exists=True, dir_okay=False, help="Rollout spec (YAML or JSON).")
 _ID = typer.Argument(..., help="Rollout id (ro-...).")
 _FORCE = typer.Option(False, "--force", help="Start even if the plan cannot detect its margins (warned, audited).")
-
-
-def _print_json(document: object) -> None:
-    typer.echo(json.dumps(document, indent=2, sort_keys=True, default=str))
-
-
-def _fmt(value: object, digits: int = 4) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}"
-    return str(value)
 
 
 def plan_table(plan: dict[str, Any]) -> Table:
@@ -73,7 +62,7 @@ def plan(
     with connect(server, token) as client:
         answer = client.post("/rollouts/plan", spec.canonical())
     if as_json:
-        _print_json(answer)
+        print_json(answer)
     else:
         out.print(plan_table(answer))
         for gate in answer["gates"]:
@@ -93,7 +82,7 @@ def start(
     with connect(server, token) as client:
         answer = client.post(f"/rollouts?force={'true' if force else 'false'}", spec.canonical())
     if as_json:
-        _print_json(answer)
+        print_json(answer)
         return
     out.print(f"started rollout [bold]{answer['id']}[/]: {answer['model']} {answer['version']} "
               f"(baseline {answer['baseline_version'] or 'none'}), now {_position(answer)}")  # fmt: skip
@@ -147,7 +136,7 @@ def status(
     with connect(server, token) as client:
         answer = client.get(f"/rollouts/{rollout_id}")
     if as_json:
-        _print_json(answer)
+        print_json(answer)
         return
     out.print(status_view(answer))
 

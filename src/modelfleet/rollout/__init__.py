@@ -74,6 +74,7 @@ from modelfleet.rollout._spec import (
     load_spec,
     parse_duration,
     parse_spec,
+    validation_problems,
 )
 from modelfleet.rollout._states import ACTIVE, TERMINAL, Event, Position, RolloutState, transition
 
@@ -148,4 +149,5 @@ __all__ = [
     "stop_experiment",
     "transition",
     "treated_share",
+    "validation_problems",
 ]

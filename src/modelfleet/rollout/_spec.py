@@ -59,6 +59,7 @@ __all__ = [
     "load_spec",
     "parse_duration",
     "parse_spec",
+    "validation_problems",
 ]
 
 Metric = Literal["mean_confidence", "error_rate", "fallback_rate", "latency_ms", "accuracy"]
@@ -221,16 +222,20 @@ def parse_spec(data: object) -> RolloutSpec:
     try:
         return RolloutSpec.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{_where(error['loc'])}: {error['msg']}" for error in exc.errors())
-        msg = f"rollout spec refused: {problems}"
+        msg = f"rollout spec refused: {validation_problems(exc, 'spec')}"
         raise BadDataError(msg, code="bad_rollout_spec") from exc
 
 
-def _where(location: tuple[int | str, ...]) -> str:
+def validation_problems(exc: ValidationError, root: str) -> str:
+    """Every problem of a refused document, each with the path of its field (``stages[1].percent: ...``)."""
+    return "; ".join(f"{_where(error['loc'], root)}: {error['msg']}" for error in exc.errors())
+
+
+def _where(location: tuple[int | str, ...], root: str) -> str:
     path = ""
     for part in location:
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path or "spec"
+    return path or root
 
 
 def load_spec(path: Path) -> RolloutSpec:

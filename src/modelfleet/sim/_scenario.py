@@ -42,7 +42,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from modelfleet.agent import CrashPoint
 from modelfleet.errors import BadDataError
-from modelfleet.rollout import parse_duration
+from modelfleet.rollout import parse_duration, validation_problems
 
 __all__ = [
     "SCENARIOS",
@@ -234,16 +234,8 @@ def parse_scenario(data: object, source: str = "scenario") -> Scenario:
     try:
         return Scenario.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{_where(error['loc'])}: {error['msg']}" for error in exc.errors())
-        msg = f"{source}: {problems}"
+        msg = f"{source}: {validation_problems(exc, 'scenario')}"
         raise BadDataError(msg, code="bad_scenario") from None
-
-
-def _where(location: tuple[int | str, ...]) -> str:
-    path = ""
-    for part in location:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path or "scenario"
 
 
 def scenario_names() -> list[str]:

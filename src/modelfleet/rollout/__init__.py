@@ -62,7 +62,15 @@ from modelfleet.rollout._experiment_run import (
     stop_experiment,
 )
 from modelfleet.rollout._plan import GatePlan, RolloutPlan, plan_rollout
-from modelfleet.rollout._reconciler import FAILURE_EVENTS, Decision, Reconciler, decide, new_rollout, run_command
+from modelfleet.rollout._reconciler import (
+    FAILURE_EVENTS,
+    Decision,
+    Reconciler,
+    baseline_version,
+    decide,
+    new_rollout,
+    run_command,
+)
 from modelfleet.rollout._spec import (
     METRICS,
     Gate,
@@ -121,6 +129,7 @@ __all__ = [
     "analysis_json",
     "analyze_experiment",
     "assign",
+    "baseline_version",
     "bucket",
     "compare_with_parent",
     "current_analysis",

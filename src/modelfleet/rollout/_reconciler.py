@@ -49,7 +49,7 @@ from modelfleet.store import (
     windows_since,
 )
 
-__all__ = ["FAILURE_EVENTS", "Decision", "Reconciler", "decide", "new_rollout", "run_command"]
+__all__ = ["FAILURE_EVENTS", "Decision", "Reconciler", "baseline_version", "decide", "new_rollout", "run_command"]
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def new_rollout(session: Session, spec: RolloutSpec, *, now: datetime, actor: st
         rollout_id=f"ro-{secrets.token_hex(5)}",
         model=spec.model,
         version=spec.version,
-        baseline_version=_baseline(session, bundle),
+        baseline_version=baseline_version(session, bundle),
         spec=spec.canonical(),
         salt=secrets.token_hex(16),
         now=now,
@@ -142,7 +142,8 @@ def new_rollout(session: Session, spec: RolloutSpec, *, now: datetime, actor: st
     )
 
 
-def _baseline(session: Session, bundle: BundleRow) -> str | None:
+def baseline_version(session: Session, bundle: BundleRow) -> str | None:
+    """What a rollout of ``bundle`` compares with and returns to: ``stable``, else the previous release."""
     stable = session.get(Alias, (bundle.model, "stable"))
     if stable is not None and stable.version != bundle.version:
         return stable.version

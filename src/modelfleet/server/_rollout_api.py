@@ -24,6 +24,7 @@ from modelfleet.rollout import (
     Reconciler,
     RolloutPlan,
     RolloutSpec,
+    baseline_version,
     metric_value,
     new_rollout,
     plan_rollout,
@@ -35,7 +36,6 @@ from modelfleet.server._body import json_body, request_body
 from modelfleet.server._state import State
 from modelfleet.store import (
     AdminPrincipal,
-    Alias,
     DeviceWindow,
     RolloutRow,
     append_audit,
@@ -138,11 +138,6 @@ def _plan(session: Session, spec: RolloutSpec, baseline: str | None, now: dateti
     return plan_rollout(spec, target_devices=len(targets), measured_sd=_fleet_sd(session, spec, baseline, now))
 
 
-def _baseline_of(session: Session, spec: RolloutSpec) -> str | None:
-    stable = session.get(Alias, (spec.model, "stable"))
-    return stable.version if stable is not None else None
-
-
 def _reconciler(request: Request) -> Reconciler:
     reconciler: Reconciler = request.app.state.reconciler
     return reconciler
@@ -159,8 +154,8 @@ def _changed(request: Request) -> None:
 def plan(spec: SpecBody, _: Viewer, state: State) -> dict[str, Any]:
     """The power analysis of a spec on the fleet as it is now; nothing is stored."""
     with state.transaction() as session:
-        find_bundle(session, spec.model, spec.version)
-        return _plan(session, spec, _baseline_of(session, spec), state.clock.now()).as_dict()
+        bundle = find_bundle(session, spec.model, spec.version)
+        return _plan(session, spec, baseline_version(session, bundle), state.clock.now()).as_dict()
 
 
 @rollout_router.post("", response_model=RolloutOut, status_code=201, openapi_extra=request_body(RolloutSpec))

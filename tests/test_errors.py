@@ -10,6 +10,7 @@ BAD_DATA = [
     errors.HashMismatchError,
     errors.SignatureError,
     errors.IncompatibleError,
+    errors.DeltaError,
 ]
 
 

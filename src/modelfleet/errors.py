@@ -14,7 +14,8 @@ caller that used the API wrongly (those raise the built-in ``TypeError`` /
     │   │   ├── ManifestError          schema, canonical form, semver, release
     │   │   ├── HashMismatchError      a payload's size or sha256 differs from the manifest
     │   │   └── SignatureError         signature envelope, unknown keys, below threshold
-    │   └── IncompatibleError          the bundle does not fit this device or application
+    │   ├── IncompatibleError          the bundle does not fit this device or application
+    │   └── DeltaError                 a delta (.mfd) is corrupt, truncated, for another base, or rebuilds wrongly
     ├── BuildError                     ``bundle build`` refuses its inputs
     │   ├── ValidationSetError         the validation set does not fit the model's contract
     │   └── ParityError                the INT8 model disagrees with the float model too often
@@ -42,6 +43,7 @@ __all__ = [
     "BundleFormatError",
     "ConfigError",
     "ConflictError",
+    "DeltaError",
     "HashMismatchError",
     "IncompatibleError",
     "ManifestError",
@@ -129,6 +131,17 @@ class IncompatibleError(BadDataError):
     def __init__(self, message: str, *, reasons: tuple[object, ...] = (), code: str | None = None) -> None:
         super().__init__(message, code=code)
         self.reasons = reasons
+
+
+class DeltaError(BadDataError):
+    """A delta file is refused: bad header, another base, corrupt or truncated body, wrong result.
+
+    Codes: ``bad_header``, ``unsupported_version``, ``wrong_base``, ``truncated``,
+    ``corrupt``, ``too_large``, ``target_mismatch``. Whatever the code, no output
+    file is left behind and the caller can fall back to the full download.
+    """
+
+    default_code = "delta"
 
 
 class BuildError(ModelfleetError):

@@ -22,6 +22,46 @@ def test_importing_the_agent_loads_neither_numpy_nor_onnx_runtime():
     assert loaded == ["ORT_DISABLE_TELEMETRY=1"]
 
 
+HEAVY = ("numpy", "onnxruntime", "onnx", "scipy", "sklearn", "sqlalchemy", "fastapi", "ml_dtypes")
+SERVER_SIDE = ("modelfleet.server", "modelfleet.store", "modelfleet.rollout", "modelfleet.stats", "modelfleet.sim")
+
+
+def test_the_agent_loop_loads_no_model_runtime_nor_server_code():
+    # What an idle device runs: the loop, its client, installer, outbox and wake listener (no model loaded yet).
+    loaded = run(
+        f"""
+        import sys
+        from modelfleet.agent import Agent, AgentConfig, Installer, Outbox, SlotStore, WakeListener, agent_status
+        print(*(name for name in {HEAVY + SERVER_SIDE!r} if name in sys.modules))
+        """
+    )
+    assert loaded == []
+
+
+def test_verifying_and_reading_bundles_loads_neither_numpy_nor_onnx():
+    loaded = run(
+        f"""
+        import sys
+        from modelfleet.bundle import Manifest, TrustedKeys, check_compatibility, read_bundle, verify_signatures
+        from modelfleet.telemetry import Event, Summary
+        print(*(name for name in {HEAVY!r} if name in sys.modules))
+        """
+    )
+    assert loaded == []
+
+
+def test_the_builder_and_summarizer_still_load_on_first_use():
+    out = run(
+        """
+        import sys
+        from modelfleet.bundle import build_bundle
+        from modelfleet.telemetry import Summarizer
+        print("onnx" in sys.modules, "numpy" in sys.modules, build_bundle.__module__, Summarizer.__module__)
+        """
+    )
+    assert out == ["True", "True", "modelfleet.bundle._build", "modelfleet.telemetry._summarizer"]
+
+
 def test_without_paho_the_wake_listener_declines_and_the_agent_still_wakes():
     # paho-mqtt is installed in this environment; blocking its import stands in for a device without the extra.
     out = run(

@@ -35,6 +35,7 @@ __all__ = [
     "AuditEntry",
     "Base",
     "BundleRow",
+    "DeltaRow",
     "Device",
     "EnrollmentToken",
     "EventRow",
@@ -363,3 +364,21 @@ class ExperimentRow(Base):
     winner: Mapped[str | None] = mapped_column(String(128))
     rollout_id: Mapped[str | None] = mapped_column(String(32))
     last_analysis: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class DeltaRow(Base):
+    """A delta from one bundle to another (by sha256): requested, built, or why not (shared/DESIGN.md §9)."""
+
+    __tablename__ = "deltas"
+
+    base_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    target_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    target_size: Mapped[int] = mapped_column(BigInteger)
+    codec: Mapped[str | None] = mapped_column(String(32))
+    reason: Mapped[str | None] = mapped_column(String(1024))
+    build_seconds: Mapped[float | None] = mapped_column(Float)
+    requested_at: Mapped[datetime]
+    built_at: Mapped[datetime | None]

@@ -1,0 +1,56 @@
+"""The deltas table: a pair is requested once, claimed by one builder, taken over when its builder died."""
+
+from datetime import UTC, datetime, timedelta
+
+from modelfleet.store import claim_delta, delta_by_sha256, find_deltas, finish_delta, request_delta, write_transaction
+
+T0 = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
+BASE, TARGET, BLOB = "a" * 64, "b" * 64, "c" * 64
+PAIR = (BASE, TARGET)
+
+
+def test_a_pair_is_requested_once(engine):
+    with write_transaction(engine) as connection:
+        assert request_delta(connection, BASE, TARGET, 1000, T0)
+        assert not request_delta(connection, BASE, TARGET, 1000, T0 + timedelta(seconds=1))
+        record = find_deltas(connection, [PAIR, ("d" * 64, TARGET)])
+    assert list(record) == [PAIR]
+    assert record[PAIR].status == "requested"
+    assert record[PAIR].target_size == 1000
+
+
+def test_only_one_builder_claims_a_pair(engine):
+    with write_transaction(engine) as connection:
+        request_delta(connection, BASE, TARGET, 1000, T0)
+        first = claim_delta(connection, BASE, TARGET, T0, stale_before=T0 - timedelta(minutes=10))
+        second = claim_delta(connection, BASE, TARGET, T0, stale_before=T0 - timedelta(minutes=10))
+    assert (first, second) == (True, False)
+
+
+def test_a_claim_whose_builder_died_is_taken_over(engine):
+    with write_transaction(engine) as connection:
+        request_delta(connection, BASE, TARGET, 1000, T0)
+        claim_delta(connection, BASE, TARGET, T0, stale_before=T0 - timedelta(minutes=10))
+        later = T0 + timedelta(minutes=11)
+        assert claim_delta(connection, BASE, TARGET, later, stale_before=later - timedelta(minutes=10))
+
+
+def test_a_finished_pair_is_not_claimed_again_and_ready_blobs_are_found_by_sha(engine):
+    with write_transaction(engine) as connection:
+        request_delta(connection, BASE, TARGET, 1000, T0)
+        claim_delta(connection, BASE, TARGET, T0, stale_before=T0)
+        finish_delta(connection, BASE, TARGET, status="ready", now=T0, sha256=BLOB, size=99, codec="tensor")
+        later = T0 + timedelta(days=1)
+        assert not claim_delta(connection, BASE, TARGET, later, stale_before=later)
+        found = delta_by_sha256(connection, BLOB)
+    assert [(d.base_sha256, d.target_sha256, d.size, d.codec) for d in found] == [(BASE, TARGET, 99, "tensor")]
+
+
+def test_failed_and_skipped_pairs_keep_their_reason_and_are_not_served(engine):
+    with write_transaction(engine) as connection:
+        request_delta(connection, BASE, TARGET, 1000, T0)
+        finish_delta(connection, BASE, TARGET, status="failed", now=T0, reason="x" * 5000)
+        record = find_deltas(connection, [PAIR])[PAIR]
+        assert delta_by_sha256(connection, BLOB) == []
+    assert record.status == "failed"
+    assert record.reason == "x" * 1024

@@ -12,14 +12,22 @@ Links and power cuts are simulated at the edges of the real code: the device
 API client gets a transport that fails while the link is down, and the
 installer a checkpoint that cuts the power at a chosen install step (the device
 then "boots": a new agent on the same data directory resumes the install).
+
+Open files are what bound a fleet in one process, so an idle device holds one:
+the shared lock on the version its Predictor runs. Every device's link sends
+through the fleet's one connection pool (:func:`shared_transport`; requests are
+real HTTP on loopback, sequential, so the pool holds a socket or two instead of
+two keep-alive sockets per device), and the outbox (SQLite in WAL mode: three
+files) is open only while the agent steps or the application flushes into it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -36,6 +44,7 @@ from modelfleet.agent import (
     DownloadPolicy,
     HealthPolicy,
     Installer,
+    Outbox,
     Predictor,
     RuntimeConfig,
     SlotHandle,
@@ -46,7 +55,7 @@ from modelfleet.sim._clock import SharedClock
 from modelfleet.sim._signal import SensorSignal, sensor_readings
 from modelfleet.telemetry import Event
 
-__all__ = ["DeviceSpec", "LinkDown", "PowerCut", "Tally", "VirtualDevice"]
+__all__ = ["DeviceSpec", "LinkDown", "PowerCut", "Tally", "VirtualDevice", "shared_transport"]
 
 log = logging.getLogger(__name__)
 
@@ -105,18 +114,26 @@ def _tls() -> ssl.SSLContext:
     return _TLS[0]
 
 
-class _Link(httpx.HTTPTransport):
-    """The device's link: a real HTTP transport that fails while the simulated link is down."""
+def shared_transport() -> httpx.HTTPTransport:
+    """The connection pool every device of a simulator process sends through (closed with the fleet)."""
+    return httpx.HTTPTransport(verify=_tls(), retries=0)
 
-    def __init__(self, up: Callable[[], bool]) -> None:
-        super().__init__(verify=_tls(), retries=0)
+
+class _Link(httpx.BaseTransport):
+    """The device's link: the shared real HTTP transport, failing while the simulated link is down."""
+
+    def __init__(self, shared: httpx.BaseTransport, up: Callable[[], bool]) -> None:
+        self._shared = shared
         self._up = up
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         if not self._up():
             msg = "link down (simulated)"
             raise LinkDown(msg, request=request)
-        return super().handle_request(request)
+        return self._shared.handle_request(request)
+
+    def close(self) -> None:
+        """Leave the shared pool open: it outlives the device (the fleet closes it)."""
 
 
 @dataclass(slots=True)
@@ -132,6 +149,7 @@ class Fixture:
     model: str
     drop: float
     tokens: dict[tuple[tuple[str, str], ...], str] = field(default_factory=dict)
+    transport: httpx.BaseTransport = field(default_factory=shared_transport)
 
 
 class VirtualDevice:
@@ -180,30 +198,40 @@ class VirtualDevice:
             config,
             profile=profile,
             clock=self.fixture.clock,
-            client=DeviceClient(self.fixture.server, transport=_Link(self._link_up)),
+            client=DeviceClient(self.fixture.server, transport=_Link(self.fixture.transport, self._link_up)),
             download=download,
             health=HealthPolicy(latency_runs=1),
             rng=self._jitter,
         )
-        if self._cut_pending and self.spec.power_cut is not None:
-            # The agent takes no installer checkpoint yet; swap in an installer with one (same store, config, sink).
-            outbox = agent.outbox
+        # The agent takes no downloads transport nor installer checkpoint; swap in an installer that downloads
+        # through the shared pool and, on a device due a power cut, cuts it (same store, config, sink).
+        def sink(event: Event) -> None:
+            agent.outbox.add_event(event)
 
-            def sink(event: Event) -> None:
-                outbox.add_event(event)
-
-            # Downloads carry the device's credential, as the agent's own downloader's do.
-            self._downloads = httpx.Client(follow_redirects=True, auth=agent.client.auth())
-            agent.installer.close()
-            agent.installer = Installer(
-                self.data_dir,
-                agent.installer.config,
-                sink=sink,
-                clock=self.fixture.clock,
-                downloader=Downloader(download, client=self._downloads),
-                checkpoint=self._cut_at(self.spec.power_cut),
-            )
+        # Downloads carry the device's credential, as the agent's own downloader's do.
+        link = _Link(self.fixture.transport, self._link_up)
+        self._downloads = httpx.Client(follow_redirects=True, auth=agent.client.auth(), transport=link)
+        cut = self.spec.power_cut if self._cut_pending else None
+        agent.installer.close()
+        agent.installer = Installer(
+            self.data_dir,
+            agent.installer.config,
+            sink=sink,
+            clock=self.fixture.clock,
+            downloader=Downloader(download, client=self._downloads),
+            checkpoint=None if cut is None else self._cut_at(cut),
+        )
+        agent.outbox.close()  # open again only while used (_outbox_open)
         return agent
+
+    @contextlib.contextmanager
+    def _outbox_open(self) -> Iterator[None]:
+        """The agent's outbox, open while agent code or the application writes to it (three files fewer idle)."""
+        self.agent.outbox = Outbox(self.agent.outbox.path)
+        try:
+            yield
+        finally:
+            self.agent.outbox.close()
 
     def _cut_at(self, point: CrashPoint) -> Callable[[CrashPoint], None]:
         def checkpoint(reached: CrashPoint) -> None:
@@ -215,7 +243,8 @@ class VirtualDevice:
 
     def close(self) -> None:
         """Flush the Predictor into the outbox and release everything."""
-        self._unload(flush=True)
+        with self._outbox_open():
+            self._unload(flush=True)
         self._shutdown()
 
     def _shutdown(self) -> None:
@@ -264,7 +293,12 @@ class VirtualDevice:
         if self._link_now and self.fixture.drop > 0:
             self._link_now = self._jitter.random() >= self.fixture.drop
         try:
-            result = self.agent.step()
+            with self._outbox_open():
+                result = self.agent.step()
+                if not result.ok:
+                    self.failed_steps += 1
+                self.summaries_sent += result.sent_summaries
+                self._follow_install()
         except PowerCut:
             self.power_cuts += 1
             log.info("power cut on %s during an install", self.spec.device_id)
@@ -272,10 +306,6 @@ class VirtualDevice:
             self._shutdown()
             self.agent = self._boot()
             return None
-        if not result.ok:
-            self.failed_steps += 1
-        self.summaries_sent += result.sent_summaries
-        self._follow_install()
         return result
 
     def _follow_install(self) -> None:

@@ -13,9 +13,11 @@ report and the tests read these.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import logging
 import platform
+import resource
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
 """Where fleet time starts (a window boundary)."""
 _GIB = 1024**3
+_MAX_OPEN_FILES = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +137,17 @@ def _profile() -> DeviceProfile:
     )
 
 
+def raise_open_files_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit (a fleet holds one per device); the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = _MAX_OPEN_FILES if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        with contextlib.suppress(ValueError, OSError):  # not allowed here: the soft limit stays
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return soft
+
+
 def drift_policy(scenario: Scenario) -> DriftPolicy:
     """The scenario's drift policy: the server's defaults, a lower inference floor, and its overrides."""
     options: dict[str, Any] = {"min_inferences": min(100, scenario.inferences), "group_by": "site"}
@@ -163,6 +177,7 @@ class Fleet:
     ) -> None:
         self.scenario = scenario
         self.seed = scenario.seed if seed is None else seed
+        raise_open_files_limit()
         shm = Path("/dev/shm")  # noqa: S108 - device stores on tmpfs: thousands of fsyncs per round cost nothing
         self._device_root = Path(tempfile.mkdtemp(prefix="modelfleet-sim-", dir=shm if shm.is_dir() else None))
         self.clock = SharedClock(self._device_root / "clock", T0)
@@ -190,6 +205,7 @@ class Fleet:
             model=MODEL,
             drop=scenario.links.drop,
         )
+        self._fixture = fixture
         try:
             groups: dict[tuple[tuple[str, str], ...], int] = {}
             for spec in self.specs:
@@ -380,6 +396,7 @@ class Fleet:
         """Flush and close every device; stop the inbox (the server stays up until :meth:`stop_server`)."""
         for device in self.devices:
             device.close()
+        self._fixture.transport.close()
         self.inbox.close()
 
     def stop_server(self) -> None:

@@ -8,21 +8,33 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 from modelfleet.bundle import DeviceProfile, canonical_bytes
 from modelfleet.telemetry import Event, Summary
 
 __all__ = [
     "ENROLL_CONTEXT",
+    "EXPERIMENT_MODES",
     "MAX_BATCH",
     "WAKE_QOS",
     "Artifact",
+    "Candidate",
     "CheckinRequest",
     "CheckinResponse",
     "DesiredModel",
@@ -33,6 +45,7 @@ __all__ = [
     "InstalledModel",
     "MqttEndpoint",
     "TelemetryBatch",
+    "TimeSlice",
     "ed25519_public_key",
     "enrollment_message",
     "wake_topic",
@@ -57,6 +70,8 @@ InstallState = Literal[
     "failed",
 ]
 Mode = Literal["active", "shadow", "time_slice"]
+EXPERIMENT_MODES: tuple[Mode, ...] = ("active", "shadow", "time_slice")
+"""What an agent of this release runs, reported per installed model (ADR 0003, addendum)."""
 
 
 def ed25519_public_key(value: str) -> str:
@@ -127,6 +142,15 @@ class InstalledModel(_Wire):
     release: int | None = Field(default=None, ge=0)
     state: InstallState = "idle"
     previous_version: str | None = Field(default=None, max_length=128)
+    modes: tuple[Mode, ...] = Field(default=("active",), max_length=3)
+
+    @model_serializer(mode="wrap")
+    def _omit_default_modes(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        """An agent that runs only ``active`` reports what agents before the field reported, byte for byte."""
+        data: dict[str, object] = handler(self)
+        if self.modes == ("active",):
+            data.pop("modes", None)
+        return data
 
 
 class CheckinRequest(_Wire):
@@ -144,8 +168,50 @@ class Artifact(_Wire):
     size: int = Field(ge=0)
 
 
+class TimeSlice(_Wire):
+    """A device's time-slice schedule: which version serves each slot of ``slot_seconds`` (from the epoch).
+
+    Slots run in blocks of four: ``order``, then ``order`` reversed (ABBA or BAAB), the
+    rotation :func:`modelfleet.stats.time_slice_schedule` gives the device, so a linear
+    trend cancels within every block. Index 0 is the active version, 1 the candidate.
+    """
+
+    slot_seconds: int = Field(ge=1, le=86_400)
+    order: tuple[int, int]
+
+    @model_validator(mode="after")
+    def _permutation(self) -> TimeSlice:
+        if sorted(self.order) != [0, 1]:
+            msg = f"order must be (0, 1) or (1, 0), got {self.order}"
+            raise ValueError(msg)
+        return self
+
+    def slot(self, at: datetime) -> int:
+        """The slot ``at`` falls in (slots count from the epoch, so every device and the server agree)."""
+        return math.floor(at.timestamp() / self.slot_seconds)
+
+    def version_at(self, at: datetime) -> int:
+        """Which version serves at ``at``: 0 (active) or 1 (candidate)."""
+        block = (*self.order, *reversed(self.order))
+        return block[self.slot(at) % len(block)]
+
+
+class Candidate(_Wire):
+    """The version a shadow or time-slice experiment runs next to the active one; it never becomes current."""
+
+    version: str = Field(max_length=128)
+    release: int = Field(ge=0)
+    artifact: Artifact
+    time_slice: TimeSlice | None = None
+
+
 class DesiredModel(_Wire):
-    """What the server wants a device to run for one model."""
+    """What the server wants a device to run for one model.
+
+    ``mode`` other than ``active`` comes with a ``candidate``: keep running ``version``
+    and run the candidate beside it (``shadow``: on the same inputs, answers only
+    recorded; ``time_slice``: serving the slots its schedule gives it).
+    """
 
     model: str
     version: str
@@ -156,6 +222,25 @@ class DesiredModel(_Wire):
     experiment_id: str | None = None
     artifact: Artifact
     delta: Artifact | None = None
+    candidate: Candidate | None = None
+
+    @model_validator(mode="after")
+    def _candidate_with_mode(self) -> DesiredModel:
+        if (self.mode == "active") != (self.candidate is None):
+            msg = f"mode {self.mode!r} {'takes no' if self.mode == 'active' else 'needs a'} candidate"
+            raise ValueError(msg)
+        if self.candidate is not None and (self.mode == "time_slice") != (self.candidate.time_slice is not None):
+            msg = "a time_slice candidate needs its time_slice schedule, and only it has one"
+            raise ValueError(msg)
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_no_candidate(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        """Without a candidate the answer is the bytes it was before the field (same ETag; older agents parse it)."""
+        data: dict[str, object] = handler(self)
+        if self.candidate is None:
+            data.pop("candidate", None)
+        return data
 
 
 class CheckinResponse(_Wire):

@@ -138,12 +138,16 @@ def test_experiments_and_rollouts_of_one_model_exclude_each_other(sim_fleet):
     assert caught.value.code == "rollout_in_progress"
 
 
-def test_shadow_and_time_slice_are_refused_until_agents_run_candidates(sim_fleet):
+def test_shadow_and_time_slice_start_with_a_plan_from_the_within_device_spread(sim_fleet):
     fleet = sim_fleet()
     for kind in ("shadow", "time_slice"):
-        with pytest.raises(ConflictError) as caught:
-            start(fleet, {**SPEC, "kind": kind})
-        assert caught.value.code == "kind_not_supported"
+        experiment_id, _ = start(fleet, {**SPEC, "kind": kind})
+        with fleet.sessions.begin() as session:
+            row = find_experiment(session, experiment_id)
+            assert (row.kind, row.state) == (kind, "running")
+            assert row.planned_devices >= 2
+            assert current_analysis(session, row).verdict == "inconclusive"
+            stop_experiment(session, experiment_id, now=fleet.clock.now(), actor="alice", reason="next kind")
 
 
 def test_a_plan_that_cannot_reach_its_power_is_refused_unless_forced(sim_fleet):

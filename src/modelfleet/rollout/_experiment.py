@@ -9,10 +9,12 @@ rule), and devices enter the analysis in the order they completed that
 exposure; :func:`modelfleet.stats.analyze_ab` does the rest (always-valid
 lifts, Holm/BH, the sequential sample-ratio check that stops an experiment).
 
-Shadow and time-slice experiments need the agent to run a candidate next to
-the active model (``mode`` in the check-in answer); their analyses exist in
-``modelfleet.stats`` and the server refuses to start them until agents honour
-``mode`` (issue 6).
+Shadow and time-slice experiments enroll every target device whose agent
+reports it runs that mode (``InstalledModel.modes``): the check-in tells it to
+keep the control version and run the candidate beside it (``DesiredModel.candidate``),
+with, for a time slice, the device's schedule from :func:`modelfleet.stats.time_slice_schedule`
+over slots of ``window_seconds`` counted from the epoch. Their analyses are in
+``_experiment_reading``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
+from modelfleet.protocol import TimeSlice
 from modelfleet.rollout._cohort import BUCKETS, is_lab
 from modelfleet.rollout._evaluate import metric_value
 from modelfleet.rollout._spec import METRICS, Duration, Metric, _Spec
@@ -37,23 +40,30 @@ from modelfleet.stats import (
     ExperimentAnalysis,
     ExperimentMetric,
     analyze_ab,
+    paired_difference_sd,
     plan_experiment,
+    time_slice_schedule,
 )
 from modelfleet.store import DeviceWindow, RolloutBundle, RunningExperiment, selector_matches
 
 __all__ = [
     "STARTABLE_KINDS",
+    "ExperimentAssignment",
     "ExperimentKind",
     "ExperimentSpec",
     "analyze_experiment",
     "device_arms",
+    "device_time_slice",
+    "experiment_assignment",
     "experiment_bundle",
     "experiment_variant",
+    "exposure_windows",
     "plan_for",
 ]
 
 ExperimentKind = Literal["ab", "shadow", "time_slice"]
-STARTABLE_KINDS = frozenset({"ab"})
+STARTABLE_KINDS = frozenset({"ab", "shadow", "time_slice"})
+_SCHEDULE_BLOCK = 4  # ABBA: one block of the two-version time-slice schedule
 
 
 class Variant(_Spec):
@@ -95,6 +105,12 @@ class ExperimentSpec(_Spec):
     min_inferences: int = Field(default=1, ge=1)
     device_sd: float | None = Field(
         default=None, gt=0, description="sd of a device's primary metric, if the fleet has no data yet"
+    )
+    within_sd: float | None = Field(
+        default=None,
+        gt=0,
+        description="sd of one device's primary metric between two exposures (shadow, time slice), if the fleet "
+        "has no data yet; device_sd stands in for it when absent",
     )
     auto_promote: dict[str, Any] | None = Field(
         default=None, description="stages, gates, holdout... of the staged rollout that ships a winner"
@@ -191,12 +207,27 @@ def analyze_experiment(
     )
 
 
+def exposure_windows(spec: ExperimentSpec) -> int:
+    """Windows one device needs for its value: the spec's, for a time slice rounded up to whole ABBA blocks."""
+    if spec.kind != "time_slice":
+        return spec.exposure_windows
+    return max(_SCHEDULE_BLOCK, math.ceil(spec.exposure_windows / _SCHEDULE_BLOCK) * _SCHEDULE_BLOCK)
+
+
 def plan_for(spec: ExperimentSpec, *, target_devices: int, measured_sd: float | None) -> Any:  # noqa: ANN401 - ExperimentPlan
-    """The power analysis of ``spec`` on ``target_devices`` (the fleet's sd if measured, else the spec's)."""
+    """The power analysis of ``spec`` on ``target_devices`` (the fleet's sd if measured, else the spec's).
+
+    ``measured_sd`` is the device-level sd for A/B and the within-device sd for the paired kinds.
+    """
+    paired = None
+    if spec.kind != "ab":
+        within = measured_sd or spec.within_sd or spec.device_sd
+        paired = None if within is None else paired_difference_sd(spec.kind, within)
     return plan_experiment(
         spec.kind,
         effect=spec.minimum_detectable_effect,
-        exposure=timedelta(seconds=spec.exposure_windows * spec.window_seconds),
+        exposure=timedelta(seconds=exposure_windows(spec) * spec.window_seconds),
+        difference_sd=paired,
         device_sd=measured_sd or spec.device_sd,
         alpha=spec.alpha,
         power=spec.power,
@@ -217,12 +248,58 @@ def device_arms(salt: str, devices: Sequence[tuple[str, Mapping[str, str]]], spe
     return arms
 
 
+@dataclass(frozen=True, slots=True)
+class ExperimentAssignment:
+    """What a running experiment tells one device: the version to run and, for shadow or time slice, a candidate.
+
+    Attributes:
+        bundle: the version the device runs (its variant's, or the control of a shadow or time slice).
+        mode: ``active`` for A/B, else the experiment's kind.
+        candidate: the version run beside it (shadow, time slice).
+        time_slice: the device's schedule (time slice only).
+    """
+
+    bundle: RolloutBundle
+    mode: Literal["active", "shadow", "time_slice"] = "active"
+    candidate: RolloutBundle | None = None
+    time_slice: TimeSlice | None = None
+
+
+def device_time_slice(salt: str, device_id: str, spec: ExperimentSpec) -> TimeSlice:
+    """The device's schedule: its rotation from :func:`time_slice_schedule`, slots of the spec's window."""
+    row = time_slice_schedule([device_id], windows=_SCHEDULE_BLOCK, salt=salt)[0]
+    return TimeSlice(slot_seconds=spec.window_seconds, order=(int(row[0]), int(row[1])))
+
+
+def experiment_assignment(
+    experiment: RunningExperiment, device_id: str, tags: Mapping[str, str], installed: Mapping[str, Any] | None
+) -> ExperimentAssignment | None:
+    """What a running experiment assigns to a device, or None when it does not enroll it.
+
+    ``installed`` is the device's report of the model: a shadow or time slice enrolls only a
+    device that runs the model already and whose agent reports it runs that mode.
+    """
+    spec = ExperimentSpec.model_validate(experiment.spec)
+    if not selector_matches(spec.selector, tags) or is_lab(tags):
+        return None
+    if spec.kind == "ab":
+        arm = experiment_variant(experiment.salt, device_id, tags, spec)
+        bundle = None if arm is None else experiment.bundles.get(spec.variants[arm].version)
+        return None if bundle is None else ExperimentAssignment(bundle)
+    if installed is None or spec.kind not in (installed.get("modes") or ()):
+        return None
+    control = experiment.bundles.get(spec.variants[0].version)
+    candidate = experiment.bundles.get(spec.variants[1].version)
+    if control is None or candidate is None:
+        return None
+    schedule = device_time_slice(experiment.salt, device_id, spec) if spec.kind == "time_slice" else None
+    return ExperimentAssignment(control, spec.kind, candidate, schedule)
+
+
 def experiment_bundle(experiment: RunningExperiment, device_id: str, tags: Mapping[str, str]) -> RolloutBundle | None:
     """The bundle a running A/B experiment assigns to a device, or None when it does not target it."""
     spec = ExperimentSpec.model_validate(experiment.spec)
-    if spec.kind not in STARTABLE_KINDS or not selector_matches(spec.selector, tags):
+    if spec.kind != "ab":
         return None
-    arm = experiment_variant(experiment.salt, device_id, tags, spec)
-    if arm is None:
-        return None
-    return experiment.bundles.get(spec.variants[arm].version)
+    assignment = experiment_assignment(experiment, device_id, tags, None)
+    return None if assignment is None else assignment.bundle

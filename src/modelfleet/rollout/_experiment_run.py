@@ -13,9 +13,11 @@ import math
 import secrets
 import statistics
 from collections import defaultdict
+from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
+import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -27,12 +29,14 @@ from modelfleet.rollout._experiment import (
     ExperimentSpec,
     analyze_experiment,
     device_arms,
+    exposure_windows,
     plan_for,
 )
+from modelfleet.rollout._experiment_paired import shadow_analysis, shadow_devices, time_slice_analysis
 from modelfleet.rollout._reconciler import new_rollout, run_command
-from modelfleet.rollout._spec import parse_spec
+from modelfleet.rollout._spec import Metric, parse_spec
 from modelfleet.rollout._states import TERMINAL, Event
-from modelfleet.stats import ExperimentAnalysis
+from modelfleet.stats import DeviceInterval, ExperimentAnalysis, ShadowAnalysis, fleet_variance
 from modelfleet.store import (
     DeviceWindow,
     ExperimentRow,
@@ -51,6 +55,7 @@ __all__ = [
     "ExperimentWatcher",
     "analysis_json",
     "current_analysis",
+    "current_document",
     "experiment_plan",
     "promote_experiment",
     "start_experiment",
@@ -76,6 +81,21 @@ def analysis_json(analysis: ExperimentAnalysis) -> dict[str, Any]:
     return _jsonable(dataclasses.asdict(analysis))  # type: ignore[no-any-return]
 
 
+def _interval_json(interval: DeviceInterval) -> dict[str, Any]:
+    return _jsonable(dataclasses.asdict(interval))  # type: ignore[no-any-return]
+
+
+def _shadow_json(shadow: ShadowAnalysis) -> dict[str, Any]:
+    """What a shadow adds to its verdict: agreement, confidence difference, both latencies, McNemar's (b, c)."""
+    return {
+        "agreement": _interval_json(shadow.agreement),
+        "confidence_difference": _interval_json(shadow.confidence_difference),
+        "active_latency_ms": _jsonable(shadow.active_latency_ms),
+        "candidate_latency_ms": _jsonable(shadow.candidate_latency_ms),
+        "discordant": {"only_active_correct": shadow.discordant[0], "only_candidate_correct": shadow.discordant[1]},
+    }
+
+
 def _targets(session: Session, spec: ExperimentSpec) -> list[tuple[str, dict[str, str]]]:
     return [(d.id, dict(d.tags)) for d in target_devices(session) if selector_matches(spec.selector, d.tags)]
 
@@ -86,8 +106,25 @@ def _measured_sd(session: Session, spec: ExperimentSpec, now: datetime) -> float
     for window in windows_since(session, spec.model, [spec.variants[0].version], now - _FLEET_SD_WINDOW):
         per_device[window.device_id].append(window)
     primary = spec.metrics[0].metric
+    if spec.kind != "ab":
+        return _within_sd(per_device.values(), primary, exposure_windows(spec))
     values = [v for w in per_device.values() if (v := metric_value(primary, w)) is not None]
     return statistics.stdev(values) if len(values) >= _MIN_DEVICES_FOR_SD else None
+
+
+def _within_sd(devices: Iterable[list[DeviceWindow]], metric: Metric, exposure: int) -> float | None:
+    """The sd of one device's value over ``exposure`` windows, from the window-to-window spread within devices."""
+    rows = [[math.nan if (v := metric_value(metric, [w])) is None else v for w in windows] for windows in devices]
+    width = max((len(r) for r in rows), default=0)
+    if len(rows) < _MIN_DEVICES_FOR_SD or width < 2:  # noqa: PLR2004 - a spread needs two windows
+        return None
+    matrix = np.array([r + [math.nan] * (width - len(r)) for r in rows])
+    counts = np.isfinite(matrix).sum(axis=1)
+    counts = counts[counts >= 2]  # noqa: PLR2004 - as fleet_variance keeps them
+    if counts.size < 2:  # noqa: PLR2004 - two devices
+        return None
+    per_window = fleet_variance(matrix).within_sd / math.sqrt(float(np.mean(1.0 / counts)))
+    return per_window / math.sqrt(exposure) if per_window > 0 else None
 
 
 def experiment_plan(session: Session, spec: ExperimentSpec, now: datetime) -> Any:  # noqa: ANN401 - ExperimentPlan
@@ -103,14 +140,11 @@ def start_experiment(
 
     Raises:
         NotFoundError: a variant's version does not exist.
-        ConflictError: a kind agents cannot run yet, a yanked version, another experiment or a rollout
+        ConflictError: a kind that cannot be started, a yanked version, another experiment or a rollout
             of the model in progress, or a plan that cannot reach its power (unless ``force``).
     """
     if spec.kind not in STARTABLE_KINDS:
-        msg = (
-            f"{spec.kind} experiments are analysed by modelfleet.stats but agents do not run a candidate "
-            "next to the active model yet; start an 'ab' experiment"
-        )
+        msg = f"{spec.kind} experiments cannot be started; start one of {sorted(STARTABLE_KINDS)}"
         raise ConflictError(msg, code="kind_not_supported")
     for variant in spec.variants:
         if find_bundle(session, spec.model, variant.version).yanked_at is not None:
@@ -144,11 +178,31 @@ def _check_free(session: Session, model: str) -> None:
 
 
 def current_analysis(session: Session, row: ExperimentRow) -> ExperimentAnalysis:
-    """The analysis from the telemetry stored so far (writes nothing)."""
+    """The verdict from the telemetry stored so far (writes nothing)."""
+    return _read(session, row)[0]
+
+
+def current_document(session: Session, row: ExperimentRow) -> dict[str, Any]:
+    """The analysis as JSON, with what a shadow or time slice adds to the verdict (writes nothing)."""
+    analysis, extra = _read(session, row)
+    return analysis_json(analysis) | extra
+
+
+def _read(session: Session, row: ExperimentRow) -> tuple[ExperimentAnalysis, dict[str, Any]]:
+    """The verdict of the experiment's kind, and the kind's own figures."""
     spec = ExperimentSpec.model_validate(row.spec)
+    since = row.started_at or row.created_at
+    if spec.kind == "shadow":
+        shadow = shadow_analysis(shadow_devices(session, spec, since), spec, planned_devices=row.planned_devices)
+        return shadow.analysis, {"shadow": _shadow_json(shadow)}
+    if spec.kind == "time_slice":
+        analysis, span = time_slice_analysis(
+            session, spec, salt=row.salt, since=since, planned_devices=row.planned_devices
+        )
+        return analysis, {"time_slice": {"slot_seconds": spec.window_seconds, "slots_per_device": span}}
     arms = device_arms(row.salt, _targets(session, spec), spec)
-    windows = windows_since(session, spec.model, [v.version for v in spec.variants], row.started_at or row.created_at)
-    return analyze_experiment(windows, arms, spec, planned_devices=row.planned_devices)
+    windows = windows_since(session, spec.model, [v.version for v in spec.variants], since)
+    return analyze_experiment(windows, arms, spec, planned_devices=row.planned_devices), {}
 
 
 def stop_experiment(session: Session, experiment_id: str, *, now: datetime, actor: str, reason: str) -> ExperimentRow:
@@ -181,7 +235,7 @@ def promote_experiment(
     """
     row = find_experiment(session, experiment_id)
     spec = ExperimentSpec.model_validate(row.spec)
-    analysis = current_analysis(session, row)
+    analysis, extra = _read(session, row)
     chosen = version or analysis.winner
     if chosen is None:
         msg = f"experiment {row.id} has no winner yet ({analysis.reason}); name a version to promote anyway"
@@ -192,7 +246,7 @@ def promote_experiment(
     rollout_spec = parse_spec({**spec.auto_promote, "model": spec.model, "version": chosen})
     reason = f"promoting {chosen}: {analysis.reason}"
     _change(session, row, state="promoted", actor=actor, now=now, reason=reason, winner=chosen,
-            detail={"analysis": analysis_json(analysis)})  # fmt: skip
+            detail={"analysis": analysis_json(analysis) | extra})  # fmt: skip
     rollout = new_rollout(session, rollout_spec, now=now, actor=actor)
     run_command(session, rollout.id, Event.START, actor=actor, role="admin", now=now, reason=f"from {row.id}")
     session.execute(update(ExperimentRow).where(ExperimentRow.id == row.id).values(rollout_id=rollout.id))
@@ -222,8 +276,8 @@ class ExperimentWatcher:
             row = find_experiment(session, experiment_id)
             if row.state != "running":
                 return False
-            analysis = current_analysis(session, row)
-            document = analysis_json(analysis)
+            analysis, extra = _read(session, row)
+            document = analysis_json(analysis) | extra
             save_analysis(session, row, document | {"at": now.isoformat()})
             spec = ExperimentSpec.model_validate(row.spec)
             if analysis.verdict == "stopped":

@@ -11,8 +11,7 @@ from pydantic import BaseModel, ConfigDict
 
 from modelfleet.rollout import (
     ExperimentSpec,
-    analysis_json,
-    current_analysis,
+    current_document,
     experiment_plan,
     promote_experiment,
     start_experiment,
@@ -93,7 +92,7 @@ def start(spec: SpecBody, principal: Admin, state: State, request: Request, forc
     """Start an experiment (devices of the target get their variant at their next check-in)."""
     with state.transaction() as session:
         row = start_experiment(session, spec, now=state.clock.now(), actor=actor_of(principal), force=force)
-        out = ExperimentOut.of(row, analysis_json(current_analysis(session, row)))
+        out = ExperimentOut.of(row, current_document(session, row))
     _changed(request)
     return out
 
@@ -118,7 +117,7 @@ def experiment(experiment_id: ExperimentId, _: Viewer, state: State) -> Experime
     """One experiment with its analysis now: per variant devices, lifts, intervals, always-valid p-values."""
     with state.transaction() as session:
         row = find_experiment(session, experiment_id)
-        return ExperimentOut.of(row, analysis_json(current_analysis(session, row)))
+        return ExperimentOut.of(row, current_document(session, row))
 
 
 @experiment_router.post("/{experiment_id}/stop", response_model=ExperimentOut)

@@ -16,8 +16,8 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
-from modelfleet.protocol import Artifact, DesiredModel
-from modelfleet.rollout import experiment_bundle, governing_rollout, rollout_version
+from modelfleet.protocol import Artifact, Candidate, DesiredModel
+from modelfleet.rollout import ExperimentAssignment, experiment_assignment, governing_rollout, rollout_version
 from modelfleet.server._desired import DesiredStateResolver, artifact_url
 from modelfleet.store import (
     DeviceRecord,
@@ -69,25 +69,39 @@ class RolloutResolver:
         assigned = _assignments(rollouts, experiments, device, set(installed) | set(desired))
         if assigned:
             pinned = set(connection.scalars(select(Pin.model).where(Pin.device_id == device.id)))
-            for model, (bundle, rollout_id, experiment_id) in assigned.items():
+            for model, (assignment, rollout_id, experiment_id) in assigned.items():
                 if model in pinned:
                     continue  # an operator's pin for this very device wins
                 running: Any = (installed.get(model) or {}).get("release")
+                bundle = assignment.bundle
                 desired[model] = DesiredModel(
                     model=model,
                     version=bundle.version,
                     release=bundle.release,
+                    mode=assignment.mode,
                     rollback=isinstance(running, int) and running > bundle.release,
                     rollout_id=rollout_id,
                     experiment_id=experiment_id,
-                    artifact=Artifact(
-                        url=artifact_url(public_url, bundle.sha256), sha256=bundle.sha256, size=bundle.size
-                    ),
+                    artifact=_artifact(public_url, bundle),
+                    candidate=_candidate(public_url, assignment),
                 )
         return [desired[model] for model in sorted(desired)]
 
 
-_Assignment = tuple[RolloutBundle, str | None, str | None]
+_Assignment = tuple[ExperimentAssignment, str | None, str | None]
+
+
+def _candidate(public_url: str, assignment: ExperimentAssignment) -> Candidate | None:
+    """The version a shadow or time slice runs beside the active one, with the device's schedule."""
+    bundle = assignment.candidate
+    if bundle is None:
+        return None
+    return Candidate(
+        version=bundle.version,
+        release=bundle.release,
+        artifact=_artifact(public_url, bundle),
+        time_slice=assignment.time_slice,
+    )
 
 
 def _assignments(
@@ -102,11 +116,12 @@ def _assignments(
             continue
         if bundle is not rollout.new and model not in known:
             continue  # do not install a baseline on a device that never ran the model
-        assigned[model] = (bundle, rollout.id, None)
+        assigned[model] = (ExperimentAssignment(bundle), rollout.id, None)
+    reported = {str(entry.get("model")): entry for entry in device.installed}
     for experiment in experiments:
-        bundle = experiment_bundle(experiment, device.id, device.tags)
-        if bundle is not None:
-            assigned[experiment.model] = (bundle, None, experiment.id)
+        assignment = experiment_assignment(experiment, device.id, device.tags, reported.get(experiment.model))
+        if assignment is not None:
+            assigned[experiment.model] = (assignment, None, experiment.id)
     return assigned
 
 

@@ -40,14 +40,17 @@ from modelfleet.bundle._options import (
     behaviour_of,
     check_classes,
     check_options,
+    check_parent,
     distinct_signers,
     provenance_of,
     runtime_of,
     validated,
 )
+from modelfleet.bundle._parent import ParentBundle, load_parent
 from modelfleet.bundle._payload import PREPROCESS_MEMBER, hash_payload, sign_and_write, stage_model, stage_preprocess
 from modelfleet.bundle._quantize import check_parity, quantize_int8
 from modelfleet.bundle._reference import confidence_histogram, feature_histograms
+from modelfleet.bundle._scale_reuse import ReuseBounds
 from modelfleet.bundle._scores import HeadOutputs, Scores, choose_head, score_rows
 from modelfleet.bundle._signing import SigningKey
 from modelfleet.bundle._validation import ValidationSet, bind_inputs, check_labels
@@ -76,12 +79,13 @@ def _no_progress(step: str, done: int, total: int, /) -> None:
 
 @dataclass(frozen=True, slots=True)
 class _Job:
-    """One build: its options, scratch directory, progress sink and bundle limits."""
+    """One build: its options, scratch directory, progress sink, bundle limits and parent bundle."""
 
     options: BuildOptions
     work: Path
     report: BuildProgress
     limits: BundleLimits
+    parent: ParentBundle | None = None
 
     def step(self, name: str) -> Callable[[int, int], None]:
         """Return a ``(done, total)`` reporter for step ``name``."""
@@ -140,7 +144,9 @@ def build_bundle(
         The signed manifest.
 
     Raises:
-        BuildError: bad options or model (codes such as ``bad_model``, ``invalid_semver``, ``labels``).
+        BuildError: bad options or model (codes such as ``bad_model``, ``invalid_semver``, ``labels``);
+            a parent bundle that cannot be read (``bad_parent``), is not this model's predecessor
+            (``parent_mismatch``) or has another weight layout (``parent_layout``).
         ValidationSetError: the validation set does not fit the model's contract.
         ParityError: the INT8 model disagrees with the float model too often.
     """
@@ -149,7 +155,8 @@ def build_bundle(
     check_options(options, out)
     behaviour = behaviour_of(options)
     with tempfile.TemporaryDirectory(prefix="modelfleet-build-") as temp:
-        job = _Job(options, Path(temp), progress or _no_progress, limits)
+        parent = _parent_of(options, Path(temp), limits)
+        job = _Job(options, Path(temp), progress or _no_progress, limits, parent)
         payload, preprocessing = _staged_preprocess(job)
         source = stage_model(model, job.work / "float.onnx", limits.chunk_bytes)
         graph = inspect_model(source, shown_as=str(model))
@@ -165,7 +172,7 @@ def build_bundle(
             version=options.version,
             release=options.release,
             created=format_timestamp((clock or SystemClock()).now()),
-            parent=options.parent,
+            parent=parent.manifest.version if parent is not None else options.parent,
             model=ModelInfo(file=MODEL_MEMBER, format="onnx", opset=shipped.opset),
             files=files,
             contract=_contract(job, graph, measured, preprocessing, runtime_of(options, shipped)),
@@ -176,6 +183,15 @@ def build_bundle(
         sign_and_write(out, manifest, signers, payload, limits)
         job.report("write", 1, 1)
     return manifest
+
+
+def _parent_of(options: BuildOptions, work: Path, limits: BundleLimits) -> ParentBundle | None:
+    """Read and check ``options.parent_bundle``, if any, before any expensive step."""
+    if options.parent_bundle is None:
+        return None
+    parent = load_parent(options.parent_bundle, work, limits)
+    check_parent(options, parent.manifest, str(options.parent_bundle))
+    return parent
 
 
 def _staged_preprocess(job: _Job) -> tuple[dict[str, Path], Preprocessing | None]:
@@ -249,6 +265,8 @@ def _quantized(  # noqa: PLR0917 - one call site, every argument a different sta
         rows=batching.rows,
         multiple=batching.multiple,
         progress=job.step("quantize"),
+        parent=job.parent,
+        bounds=ReuseBounds(job.options.parent_max_clip, job.options.parent_max_coarsening),
     )
     session = Session(model, "the INT8 model")
     scores = score_rows(session, inputs, scores_output, batching.rows, job.step("parity"))

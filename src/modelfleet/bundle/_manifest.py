@@ -167,17 +167,26 @@ class TensorSpec(_Model):
 
 
 class QuantizedTensor(_Model):
-    """Scale and zero point of one quantized tensor (one entry per channel if per-channel)."""
+    """Scale and zero point of one quantized tensor (one entry per channel if per-channel).
+
+    ``reused`` counts the scale/zero-point pairs taken unchanged from the parent
+    bundle (``build --parent OLD.mfb``, INT8 weights only); absent when no parent
+    was consulted, and then left out of the JSON so such manifests read as before.
+    """
 
     name: str = Field(min_length=1, max_length=256)
     scale: tuple[Real, ...] = Field(min_length=1)
     zero_point: tuple[int, ...] = Field(min_length=1)
     axis: int | None = None
+    reused: NonNegInt | None = Field(default=None, exclude_if=lambda value: value is None)
 
     @model_validator(mode="after")
     def _same_length(self) -> QuantizedTensor:
         if len(self.scale) != len(self.zero_point):
             msg = f"{len(self.scale)} scales but {len(self.zero_point)} zero points"
+            raise ValueError(msg)
+        if self.reused is not None and self.reused > len(self.scale):
+            msg = f"reused {self.reused} of only {len(self.scale)} scales"
             raise ValueError(msg)
         return self
 

@@ -25,6 +25,7 @@ from modelfleet.bundle._manifest import (
     Budgets,
     Calibration,
     HardwareTargets,
+    Manifest,
     Provenance,
     RuntimeRequirement,
     _error_code,
@@ -39,6 +40,7 @@ __all__ = [
     "behaviour_of",
     "check_classes",
     "check_options",
+    "check_parent",
     "distinct_signers",
     "provenance_of",
     "runtime_of",
@@ -57,6 +59,13 @@ class BuildOptions:
         version: semantic version of this bundle.
         release: monotonic integer per model; devices refuse to go below it.
         parent: semantic version this bundle replaces.
+        parent_bundle: the bundle this one replaces; its version becomes ``parent`` and, with
+            ``quantize="int8"``, its INT8 weight scales and zero points are kept wherever the new
+            weights fit them, so unchanged weights keep their bytes (smaller deltas).
+        parent_max_clip: keep a parent's scale only if the new weights need at most this much more
+            range (0.01: the largest weight is clipped by at most 1% of the range).
+        parent_max_coarsening: keep a parent's scale only if it is at most this much coarser than a
+            fresh one (0.05: at most 5% more rounding noise).
         quantize: ``"int8"`` quantizes with ONNX Runtime (static, QDQ); ``"none"`` ships the model as given.
         per_channel: per-channel INT8 weight scales instead of one per tensor.
         min_parity: refuse an INT8 model whose top-1 agreement with the float model is lower (0..1).
@@ -88,6 +97,9 @@ class BuildOptions:
     version: str
     release: int
     parent: str | None = None
+    parent_bundle: Path | None = None
+    parent_max_clip: float = 0.01
+    parent_max_coarsening: float = 0.05
     quantize: Literal["none", "int8"] = "none"
     per_channel: bool = False
     min_parity: float = 0.98
@@ -153,6 +165,7 @@ def _check_identity(options: BuildOptions) -> None:
 
 def _check_numbers(options: BuildOptions) -> None:
     tolerances = (options.golden_atol, options.golden_rtol)
+    reuse_bounds = (options.parent_max_clip, options.parent_max_coarsening)
     problems = {
         f"quantize must be 'none' or 'int8', got {options.quantize!r}": options.quantize not in {"none", "int8"},
         f"min_parity must be between 0 and 1, got {options.min_parity}": not 0.0 <= options.min_parity <= 1.0,
@@ -162,10 +175,40 @@ def _check_numbers(options: BuildOptions) -> None:
         f"golden tolerances must be finite and >= 0, got {tolerances}": not all(
             math.isfinite(tol) and tol >= 0 for tol in tolerances
         ),
+        f"parent_max_clip and parent_max_coarsening must be finite and >= 0, got {reuse_bounds}": not all(
+            math.isfinite(bound) and bound >= 0 for bound in reuse_bounds
+        ),
     }
     for message, broken in problems.items():
         if broken:
             raise BuildError(message, code="bad_option")
+
+
+def check_parent(options: BuildOptions, parent: Manifest, shown_as: str) -> None:
+    """Refuse a parent bundle that this bundle cannot replace, or whose INT8 layout it cannot keep.
+
+    Raises:
+        BuildError: ``parent_mismatch`` (another model, the same or a later release, or a
+            ``parent`` version that disagrees) or ``parent_layout`` (per-tensor vs per-channel).
+    """
+    where = f"parent bundle {shown_as} ({parent.name} {parent.version}, release {parent.release})"
+    mismatches = {
+        f"{where} is another model than {options.name!r}": parent.name != options.name,
+        f"{where} has this bundle's own version": parent.version == options.version,
+        f"{where} is a later release than {options.release}": parent.release > options.release,
+        f"{where} disagrees with parent {options.parent!r}": options.parent not in {None, parent.version},
+    }
+    for message, broken in mismatches.items():
+        if broken:
+            raise BuildError(message, code="parent_mismatch")
+    old = parent.contract.quantization
+    if options.quantize == "int8" and old.scheme == "int8" and old.per_channel != options.per_channel:
+        granularity = {True: "per channel", False: "per tensor"}
+        msg = (
+            f"{where} quantized its weights {granularity[old.per_channel]}; its scales can only be kept by a "
+            f"build that quantizes {granularity[old.per_channel]} too (this one: {granularity[options.per_channel]})"
+        )
+        raise BuildError(msg, code="parent_layout")
 
 
 def behaviour_of(options: BuildOptions) -> Behaviour:

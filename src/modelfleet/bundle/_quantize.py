@@ -19,6 +19,8 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 
 from modelfleet.bundle._inference import Array, batches, evenly_spaced
 from modelfleet.bundle._manifest import Parity, Quantization, QuantizedTensor
+from modelfleet.bundle._parent import ParentBundle
+from modelfleet.bundle._scale_reuse import ReuseBounds, mark_reused, plan_reuse
 from modelfleet.errors import BuildError, ParityError
 
 __all__ = ["check_parity", "quantize_int8", "quantized_tensors"]
@@ -73,6 +75,8 @@ def quantize_int8(
     rows: int,
     multiple: int,
     progress: Callable[[int, int], None],
+    parent: ParentBundle | None = None,
+    bounds: ReuseBounds | None = None,
 ) -> Quantization:
     """Quantize ``source`` to INT8 QDQ at ``dest``, calibrated on evenly spaced validation rows.
 
@@ -84,10 +88,14 @@ def quantize_int8(
         rows: rows per calibration batch.
         multiple: the model's fixed batch size (1 if it has none).
         progress: told ``(batches done, batches)`` during calibration.
+        parent: a previous release whose weight scales and zero points are kept where the new weights fit them.
+        bounds: how well they must fit (default :class:`ReuseBounds`).
 
     Raises:
-        BuildError: ``quantize_failed`` when ONNX Runtime cannot quantize the model.
+        BuildError: ``quantize_failed`` when ONNX Runtime cannot quantize the model;
+            ``parent_layout`` when a weight's shape differs from the parent's.
     """
+    overrides = plan_reuse(source, parent, bounds or ReuseBounds()) if parent is not None else {}
     indices = evenly_spaced(len(next(iter(inputs.values()))), CALIBRATION_ROWS, multiple)
     reader = _CalibrationReader(list(batches(inputs, rows, indices)), progress)
     try:
@@ -101,12 +109,15 @@ def quantize_int8(
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
-                extra_options={"CalibMaxIntermediateOutputs": _HELD_BATCHES},
+                extra_options={"CalibMaxIntermediateOutputs": _HELD_BATCHES, "TensorQuantOverrides": overrides},
             )
     except Exception as exc:  # noqa: BLE001 - the quantizer raises anything from ValueError to ORT's pybind errors
         msg = f"ONNX Runtime could not quantize the model to INT8: {type(exc).__name__}: {exc}"
         raise BuildError(msg, code="quantize_failed") from None
-    return Quantization(scheme="int8", per_channel=per_channel, tensors=quantized_tensors(dest))
+    tensors = quantized_tensors(dest)
+    if parent is not None:
+        tensors = mark_reused(tensors, dest, parent)
+    return Quantization(scheme="int8", per_channel=per_channel, tensors=tensors)
 
 
 def quantized_tensors(path: Path) -> tuple[QuantizedTensor, ...]:

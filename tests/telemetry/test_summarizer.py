@@ -1,5 +1,7 @@
 """The summarizer counts exactly what it saw, on the bundle's bins, into aligned windows with stable ids."""
 
+import bisect
+import math
 import re
 import threading
 import time
@@ -416,3 +418,109 @@ def test_the_validation_set_reproduces_the_bundles_reference_histograms(cnn_bund
     summary = only(summarizer.flush(final=True))
     assert summary.feature_counts == tuple(feature.counts for feature in references.features)
     assert summary.confidence_counts == references.confidence.counts
+
+
+# ------------------------------------------------------------------ equivalence with a plain reference
+
+
+def _reference_bin(edges, value, closed_last=False):
+    """The bin a value counts in, the builder's way, one bisect per value (NaN features: the first bin)."""
+    if math.isnan(value):
+        return 0
+    bins = len(edges) - 1
+    return min(max(bisect.bisect_right(edges, value) - 1, 0), bins - 1)
+
+
+class _ReferenceSummarizer:
+    """Counts every row of every call at once, in plain Python: what the block-buffered summarizer must equal."""
+
+    def __init__(self, layout, window_seconds):
+        self.layout, self.seconds, self.windows = layout, window_seconds, {}
+
+    def window(self, at):
+        start = int(at.timestamp() // self.seconds) * self.seconds
+        if start not in self.windows:
+            self.windows[start] = {
+                "n": 0, "errors": 0, "fallbacks": 0, "timeouts": 0, "n_labelled": 0, "n_correct": 0,
+                "latency": [0] * (len(LATENCY_EDGES_MS) - 1), "latency_sum": 0.0,
+                "confidence": [0] * (len(self.layout.confidence_edges) - 1), "predicted": [0] * self.layout.n_classes,
+                "confidence_sum": 0.0, "confidence_sum_sq": 0.0,
+                "features": [[0] * (len(edges) - 1) for edges in self.layout.feature_edges],
+            }  # fmt: skip
+        return self.windows[start]
+
+    def observe(self, at, features, confidence, predicted, latency, labels, error, fallback, timeout):  # noqa: PLR0917 - one call, as observed
+        w, rows = self.window(at), features.shape[0]
+        w["n"] += rows
+        w["errors"] += rows * error
+        w["fallbacks"] += rows * fallback
+        w["timeouts"] += rows * timeout
+        w["latency"][_reference_bin(LATENCY_EDGES_MS, latency)] += rows
+        w["latency_sum"] += latency * rows
+        for row in features:
+            for index, value in enumerate(row.tolist()):
+                w["features"][index][_reference_bin(self.layout.feature_edges[index], value)] += 1
+        if confidence is None:
+            return
+        for row, (value, top1) in enumerate(zip(confidence.tolist(), predicted.tolist(), strict=True)):
+            w["confidence"][_reference_bin(self.layout.confidence_edges, value)] += 1
+            w["predicted"][top1] += 1
+            label = -1 if labels is None else int(labels[row])
+            w["n_labelled"] += label >= 0
+            w["n_correct"] += label >= 0 and label == top1
+        values = confidence.astype(np.float64)
+        if rows == 1:  # a single row's sums are plain float arithmetic; a batch's are numpy's sum and dot
+            w["confidence_sum"] += float(values[0])
+            w["confidence_sum_sq"] += float(values[0]) * float(values[0])
+        else:
+            w["confidence_sum"] += float(np.sum(values))
+            w["confidence_sum_sq"] += float(np.dot(values, values))
+
+
+def _as_reference(summary):
+    return {
+        "n": summary.n, "errors": summary.errors, "fallbacks": summary.fallbacks, "timeouts": summary.timeouts,
+        "n_labelled": summary.n_labelled, "n_correct": summary.n_correct,
+        "latency": list(summary.latency_counts), "latency_sum": summary.latency_sum_ms,
+        "confidence": list(summary.confidence_counts), "predicted": list(summary.predicted_counts),
+        "confidence_sum": summary.confidence_sum, "confidence_sum_sq": summary.confidence_sum_sq,
+        "features": [list(counts) for counts in summary.feature_counts],
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_block_counting_equals_counting_each_row_at_once(seed):
+    # Random calls, mostly one row, across window ends and flushes; values on edges, outside them, NaN and infinite.
+    rng = np.random.default_rng(seed)
+    width = int(rng.integers(1, 300))
+    edges = tuple(
+        (-INF, *np.unique(rng.normal(0, 1, rng.integers(1, 12)).round(1)).tolist(), INF) for _ in range(width)
+    )
+    layout = SummaryLayout(edges, (0.0, 0.2, 0.5, 0.9, 1.0), 4, (("x", width),))
+    clock = ManualClock(START)
+    summarizer = Summarizer(layout, "m", "1.0.0", "active", clock, 60, salt=b"s")
+    reference = _ReferenceSummarizer(layout, 60)
+    got, special = [], np.array([np.nan, np.inf, -np.inf, 0.0, 0.1, -0.1, 1.0])
+    for _ in range(1500):
+        rows = 1 if rng.uniform() < 0.9 else int(rng.integers(2, 6))
+        features = rng.normal(0, 1.2, (rows, width)).round(1)
+        features[rng.uniform(size=features.shape) < 0.05] = rng.choice(special)
+        failed = rng.uniform() < 0.1
+        error, timeout = (failed, False) if rng.uniform() < 0.5 else (False, failed)
+        confidence = None if failed else rng.choice([0.0, 0.2, 0.5, 0.9, 1.0, 0.33], rows).astype(np.float32)
+        predicted = None if failed else rng.integers(0, 4, rows)
+        labels = rng.integers(-1, 4, rows) if rng.uniform() < 0.3 else None
+        latency = float(rng.choice([0.0, 0.5, 1.0, 3.7, 250.0, 1e6]))
+        fallback = bool(rng.uniform() < 0.1)
+        summarizer.observe(
+            features, confidence, predicted, latency, error=error, timeout=timeout, fallback=fallback, labels=labels
+        )
+        reference.observe(clock.now(), features, confidence, predicted, latency, labels, error, fallback, timeout)
+        clock.advance(float(rng.exponential(0.5)))
+        if rng.uniform() < 0.01:
+            got += summarizer.flush()
+    got += summarizer.flush(final=True)
+
+    assert sorted(summary.window_start.timestamp() for summary in got) == sorted(reference.windows)
+    for summary in got:
+        assert _as_reference(summary) == reference.windows[int(summary.window_start.timestamp())]

@@ -6,9 +6,15 @@ reference edges, its confidence edges and the wire format's latency edges.
 Windows are aligned to multiples of ``window_seconds`` since the Unix epoch, so
 every device's windows line up and the server can roll them up by time.
 
-Observing is on the application's critical path, so the bin edges are
-precomputed into one padded matrix: a row of ``F`` features is binned by one
-vectorized comparison instead of ``F`` ``searchsorted`` calls.
+Observing is on the application's critical path. A one-row call (a device's
+common case) is checked, its sums and outcome counted at once, and its raw
+features, latency and score copied into a preallocated block; the block is binned
+in one vectorized pass when it is full, when the window changes and before every
+flush. So the caller pays a copy, and the binning (the bin edges precomputed into
+one padded matrix: every feature of every row by one comparison instead of ``F``
+``searchsorted`` calls) is shared by a block of rows. Counts are integers and the
+float sums are still added call by call, in order, so the summaries are identical
+to counting each row at once. Batches are binned when observed.
 """
 
 from __future__ import annotations
@@ -37,6 +43,8 @@ Labels = npt.NDArray[np.integer[Any]] | None
 _LATENCY_EDGES = np.asarray(LATENCY_EDGES_MS)
 _LATENCY_LAST = len(LATENCY_EDGES_MS) - 2
 _ID_HEX = 32
+_BLOCK_VALUES = 8192  # features a pending block holds (64 KiB of float64): small enough to stay in cache
+_BLOCK_ROWS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +135,9 @@ class _FeatureBins:
 Increment = int | Counts
 """One row's bin index, or a whole batch's counts per bin."""
 
+_RowScore = tuple[float, int, int, int]
+"""One answered row: confidence, predicted class, labelled (0/1), correct (0/1)."""
+
 
 def _bump(counts: Counts, increment: Increment) -> None:
     """Add one row at a bin index, or a batch's per-bin counts."""
@@ -139,6 +150,14 @@ def _bump(counts: Counts, increment: Increment) -> None:
 def _tally(index: npt.NDArray[np.intp], size: int) -> Counts:
     """Per-bin counts of a batch's bin indices."""
     return np.bincount(index.ravel(), minlength=size).astype(np.int64, copy=False)
+
+
+def _bin_index(
+    edges: npt.NDArray[np.float64], values: npt.NDArray[np.floating[Any]], last: int
+) -> npt.NDArray[np.intp]:
+    """Bin of each value: edges at or below it, minus one, clipped to ``[0, last]`` (the last bin is closed)."""
+    index = np.searchsorted(edges, values, side="right") - 1
+    return np.minimum(np.maximum(index, 0), last)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,8 +235,7 @@ class _Window:
     def add_latency(self, latency_ms: float | npt.NDArray[np.floating[Any]], rows: int) -> None:
         """Count every row's latency (a scalar is the latency each row of the call waited)."""
         if isinstance(latency_ms, np.ndarray):
-            index = np.searchsorted(_LATENCY_EDGES, latency_ms, side="right") - 1
-            self.latency += _tally(np.minimum(np.maximum(index, 0), _LATENCY_LAST), self.latency.size)
+            self.latency += _tally(_bin_index(_LATENCY_EDGES, latency_ms, _LATENCY_LAST), self.latency.size)
             self.latency_sum += float(np.sum(latency_ms))
             return
         self.latency[min(max(bisect.bisect_right(LATENCY_EDGES_MS, latency_ms) - 1, 0), _LATENCY_LAST)] += rows
@@ -238,6 +256,48 @@ class _Window:
         self.confidence_sum_sq += scored.confidence_sum_sq
         self.n_labelled += scored.n_labelled
         self.n_correct += scored.n_correct
+
+
+class _Pending:
+    """One-row calls of one window not binned yet: raw features, latencies and scores in preallocated arrays."""
+
+    def __init__(self, features: _FeatureBins, confidence_edges: npt.NDArray[np.float64]) -> None:
+        self._bins = features
+        self._confidence_edges = confidence_edges
+        capacity = min(max(_BLOCK_VALUES // max(features.count, 1), 1), _BLOCK_ROWS)
+        self._features = np.empty((capacity, features.count), np.float64)
+        self._latency = np.empty(capacity, np.float64)
+        self._confidence = np.empty(capacity, np.float64)
+        self._predicted = np.empty(capacity, np.intp)
+        self.capacity = capacity
+        self.rows = self.scored = 0
+        self.window: _Window | None = None
+
+    def add(self, features: npt.NDArray[Any], latency_ms: float, score: tuple[float, int] | None) -> None:
+        """Copy one row in; bin the block when it is full."""
+        at = self.rows
+        self._features[at] = features
+        self._latency[at] = latency_ms
+        if score is not None:
+            self._confidence[self.scored], self._predicted[self.scored] = score
+            self.scored += 1
+        self.rows = at + 1
+        if self.rows == self.capacity:
+            self.drain()
+
+    def drain(self) -> None:
+        """Count the block into its window, in one vectorized pass per histogram."""
+        window, rows, scored = self.window, self.rows, self.scored
+        if window is None or rows == 0:
+            return
+        window.features += _tally(self._bins.flat(self._features[:rows]), window.features.size)
+        window.latency += _tally(_bin_index(_LATENCY_EDGES, self._latency[:rows], _LATENCY_LAST), window.latency.size)
+        if scored:
+            last = window.confidence.size - 1
+            confidence = _bin_index(self._confidence_edges, self._confidence[:scored], last)
+            window.confidence += _tally(confidence, window.confidence.size)
+            window.predicted += _tally(self._predicted[:scored], window.predicted.size)
+        self.rows = self.scored = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,6 +361,7 @@ class Summarizer:
         self._confidence_last = len(layout.confidence_edges) - 2
         self._windows: dict[int, _Window] = {}
         self._current: _Window | None = None
+        self._pending = _Pending(self._features, self._confidence_edges)
         self._sequence = 0
         self._lock = threading.Lock()
 
@@ -337,6 +398,12 @@ class Summarizer:
             msg = "an inference either failed or timed out, not both (errors + timeouts must not exceed n)"
             raise ValueError(msg)
         rows = self._check(features_per_row, latency_ms, labels, shadow, failed=error or timeout)
+        if rows == 1 and shadow is None and not isinstance(latency_ms, np.ndarray):
+            score = self._row_score(confidence, predicted, labels, failed=error or timeout)
+            self._observe_row(
+                features_per_row[0], float(latency_ms), score, error=error, fallback=fallback, timeout=timeout
+            )
+            return
         scored = self._scored(rows, confidence, predicted, labels, failed=error or timeout)
         if rows == 0:
             return
@@ -356,6 +423,8 @@ class Summarizer:
         """Close and return the windows that ended by ``now`` (all of them if ``final``), oldest first."""
         moment = (now or self._clock.now()).timestamp()
         with self._lock:
+            self._pending.drain()
+            self._pending.window = None
             closing = sorted(
                 (w for w in self._windows.values() if final or w.end <= moment), key=lambda window: window.start
             )
@@ -366,6 +435,61 @@ class Summarizer:
             return [self._summary(window) for window in closing]
 
     # ------------------------------------------------------------------ internals
+
+    def _observe_row(
+        self,
+        features: npt.NDArray[Any],
+        latency_ms: float,
+        score: _RowScore | None,
+        *,
+        error: bool,
+        fallback: bool,
+        timeout: bool,
+    ) -> None:
+        """Count one checked row: outcome and sums now, its bins with the rest of its block."""
+        with self._lock:
+            window = self._window(self._clock.now().timestamp())
+            pending = self._pending
+            if pending.window is not window:
+                pending.drain()
+                pending.window = window
+            window.n += 1
+            window.errors += error
+            window.fallbacks += fallback
+            window.timeouts += timeout
+            window.latency_sum += latency_ms
+            if score is None:
+                pending.add(features, latency_ms, None)
+                return
+            confidence, predicted, labelled, correct = score
+            window.confidence_sum += confidence
+            window.confidence_sum_sq += confidence * confidence
+            window.n_labelled += labelled
+            window.n_correct += correct
+            pending.add(features, latency_ms, (confidence, predicted))
+
+    def _row_score(
+        self,
+        confidence: npt.NDArray[np.floating[Any]] | None,
+        predicted: npt.NDArray[np.integer[Any]] | None,
+        labels: Labels,
+        *,
+        failed: bool,
+    ) -> _RowScore | None:
+        """Check one row's scores as plain numbers: (confidence, class, labelled, correct); ``None`` if it failed."""
+        if failed or confidence is None or predicted is None:
+            if not failed or confidence is not None or predicted is not None:
+                msg = "give confidence and predicted for answered inferences, and neither for failed ones"
+                raise ValueError(msg)
+            return None
+        if confidence.shape != (1,) or predicted.shape != (1,):
+            shapes = f"{list(confidence.shape)} and {list(predicted.shape)}"
+            msg = f"confidence and predicted need one value per row (1), got {shapes}"
+            raise ValueError(msg)
+        value, top1 = float(confidence[0]), int(predicted[0])
+        _check_score_range(value, value, top1, top1, self.layout.n_classes)
+        label = -1 if labels is None else int(labels[0])
+        return value, top1, int(label >= 0), int(label >= 0 and label == top1)
 
     def _window(self, timestamp: float) -> _Window:
         """The window ``timestamp`` falls in, created on first use."""
@@ -427,8 +551,7 @@ class Summarizer:
         if confidence.size:
             low, high = float(confidence.min()), float(confidence.max())
             _check_score_range(low, high, int(predicted.min()), int(predicted.max()), self.layout.n_classes)
-        index = np.searchsorted(self._confidence_edges, confidence, side="right") - 1
-        index = np.minimum(np.maximum(index, 0), self._confidence_last)
+        index = _bin_index(self._confidence_edges, confidence, self._confidence_last)
         known = labels >= 0 if labels is not None else np.zeros(len(predicted), dtype=bool)
         values = confidence.astype(np.float64)
         return _Scored(

@@ -12,6 +12,7 @@ from modelfleet.bundle import (
     BuildOptions,
     Calibration,
     HardwareTargets,
+    Manifest,
     PublicKey,
     SigningKey,
     TrustedKeys,
@@ -107,7 +108,15 @@ def build(
     labels: Path | None = typer.Option(None, "--labels", exists=True, help="Class labels, one per line."),
     max_latency_ms: float | None = typer.Option(None, "--max-latency-ms", help="Latency budget per inference."),
     max_ram_mb: float | None = typer.Option(None, "--max-ram-mb", help="Peak RAM budget."),
-    parent: str | None = typer.Option(None, "--parent", help="Version this one replaces."),
+    parent: str | None = typer.Option(
+        None, "--parent", help="Version this one replaces, or its .mfb: then its INT8 scales are kept where they fit."
+    ),
+    parent_max_clip: float = typer.Option(
+        0.01, "--parent-max-clip", help="Keep a parent scale if the weights' range grew at most this much."
+    ),
+    parent_max_coarsening: float = typer.Option(
+        0.05, "--parent-max-coarsening", help="Keep a parent scale up to this much coarser than a fresh one."
+    ),
     runtime: str | None = typer.Option(None, "--runtime", help="onnxruntime version specifier, e.g. '>=1.17'."),
     arch: list[str] = typer.Option([], "--arch", help="Allowed CPU architecture; repeat."),
     device_type: list[str] = typer.Option([], "--device-type", help="Allowed device type; repeat."),
@@ -133,7 +142,10 @@ def build(
         name=name,
         version=version,
         release=release,
-        parent=parent,
+        parent=None if _is_bundle(parent) else parent,
+        parent_bundle=Path(parent) if parent is not None and _is_bundle(parent) else None,
+        parent_max_clip=parent_max_clip,
+        parent_max_coarsening=parent_max_coarsening,
         quantize=scheme,
         per_channel=per_channel,
         min_parity=min_parity,
@@ -172,6 +184,32 @@ def build(
         f"built {output} ({human_bytes(size)}): {manifest.name} {manifest.version} release {manifest.release}"
         f"{quality}{parity}, signed by {len(signing_keys)} key(s)"
     )
+    for line in _reuse_lines(manifest):
+        out.print(line)
+
+
+def _is_bundle(parent: str | None) -> bool:
+    """``--parent`` names a bundle file (else a version): an existing file, or anything ending in ``.mfb``."""
+    return parent is not None and (parent.endswith(".mfb") or Path(parent).is_file())
+
+
+def _reuse_lines(manifest: Manifest) -> list[str]:
+    """Per INT8 weight, what a ``--parent`` build kept of the parent's scales and zero points."""
+    weights = [t for t in manifest.contract.quantization.tensors if t.reused is not None]
+    if not weights:
+        return []
+    kept = sum(1 for t in weights if t.reused == len(t.scale))
+    lines = [f"INT8 scales from parent {manifest.parent}: {kept} of {len(weights)} weights kept unchanged"]
+    for tensor in weights:
+        pairs = len(tensor.scale)
+        if tensor.reused == pairs:
+            what = "kept the parent's scale" + ("s" if pairs > 1 else "")
+        elif tensor.reused:
+            what = f"kept the parent's scales in {tensor.reused} of {pairs} channels, re-quantized the rest"
+        else:
+            what = "re-quantized: the new weights do not fit the parent's scale (or it has no such weight)"
+        lines.append(f"  {tensor.name}: {what}")
+    return lines
 
 
 @bundle_app.command("inspect")

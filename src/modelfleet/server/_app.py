@@ -26,6 +26,7 @@ from modelfleet.server._admin_api import admin_router
 from modelfleet.server._background import run_drift_checks, run_reconciler
 from modelfleet.server._body import add_body_schemas
 from modelfleet.server._config import ServerConfig
+from modelfleet.server._dashboard import install_dashboard
 from modelfleet.server._desired import DesiredStateResolver, desired_state
 from modelfleet.server._device_api import BODY_MODELS as DEVICE_BODIES
 from modelfleet.server._device_api import device_router
@@ -104,6 +105,7 @@ def create_app(
         ops_router,
     ):
         app.include_router(router)
+    install_dashboard(app)
     add_body_schemas(app, (*DEVICE_BODIES, *REGISTRY_BODIES, *ADMIN_BODIES, *ROLLOUT_BODIES, *EXPERIMENT_BODIES))
     streamed = {("POST", UPLOAD_PATH): config.max_upload_bytes}
     app.add_middleware(RequestGate, state=state, streamed=streamed)

@@ -167,7 +167,8 @@ def _login_page(message: str, *, status: int) -> HTMLResponse:
         f'<form method="post" action="{_PATH}/login"><label>Admin token (any role; viewer suffices) '
         '<input type="password" name="token" autocomplete="off" size="48" required></label> '
         "<button>Sign in</button></form>"
-        '<p class="muted">Make a read-only token with <code>modelfleet admin token create --role viewer</code>.</p>'
+        '<p class="muted">Make a read-only token with '
+        "<code>modelfleet token create --role viewer --name NAME</code>.</p>"
     )
     document = (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Sign in · modelfleet</title>'

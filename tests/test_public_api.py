@@ -15,6 +15,7 @@ PUBLIC_MODULES = [
     "modelfleet",
     "modelfleet.agent",
     "modelfleet.bundle",
+    "modelfleet.bundle.delta",
     "modelfleet.clock",
     "modelfleet.config",
     "modelfleet.errors",

@@ -1,0 +1,106 @@
+"""Byte planes, each packed to the fewest bits that hold most of its values, before zstandard.
+
+A weight difference is split into planes by significance (all low bytes, then
+the next, ...). A plane of small values (an INT8 fine-tune: mostly 0 and +-1
+after zigzag; the sign and exponent plane of a float fine-tune: mostly 0) packs
+2, 4 or 8 values into a byte, with larger values escaped and listed after. That
+keeps zstandard's Huffman stage (at least one bit per byte) close to the plane's
+order-0 entropy. Layout per plane: one byte ``bits`` (1, 2, 4 or 8), the packed
+codes, then one byte per escaped value.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from modelfleet.bundle._delta_format import ReadBuffer
+from modelfleet.errors import DeltaError
+
+__all__ = ["pack_planes", "planes_entropy", "unpack_planes"]
+
+_WIDTHS = (1, 2, 4)
+Bytes = npt.NDArray[np.uint8]
+
+
+def _entropy_bytes(values: Bytes) -> float:
+    """Order-0 empirical entropy of ``values`` in bytes: what an ideal entropy coder would need."""
+    if values.size == 0:
+        return 0.0
+    counts = np.bincount(values, minlength=256)
+    counts = counts[counts > 0]
+    p = counts / values.size
+    return float(-(counts * np.log2(p)).sum() / 8)
+
+
+def planes_entropy(values: npt.NDArray[np.unsignedinteger]) -> float:
+    """Sum of the order-0 entropies (bytes) of the byte planes of ``values``."""
+    width = values.dtype.itemsize
+    planes = values.view(np.uint8).reshape(-1, width).T
+    return sum(_entropy_bytes(np.ascontiguousarray(plane)) for plane in planes)
+
+
+def _pack(plane: Bytes, bits: int) -> tuple[Bytes, Bytes]:
+    """Return the packed codes and the escaped values of a plane at ``bits`` per value."""
+    escape = (1 << bits) - 1
+    per_byte = 8 // bits
+    codes = np.minimum(plane, escape).astype(np.uint8)
+    padded = np.zeros(-(-plane.size // per_byte) * per_byte, dtype=np.uint8)
+    padded[: plane.size] = codes
+    groups = padded.reshape(-1, per_byte)
+    packed = np.zeros(groups.shape[0], dtype=np.uint8)
+    for slot in range(per_byte):
+        packed |= groups[:, slot] << np.uint8(bits * slot)
+    return packed, plane[plane >= escape]
+
+
+def _unpack(packed: Bytes, bits: int, count: int) -> Bytes:
+    per_byte = 8 // bits
+    mask = np.uint8((1 << bits) - 1)
+    slots = [(packed >> np.uint8(bits * slot)) & mask for slot in range(per_byte)]
+    return np.stack(slots, axis=1).reshape(-1)[:count]
+
+
+def _plane(plane: Bytes) -> bytes:
+    best_bits, best_cost = 8, _entropy_bytes(plane)
+    for bits in _WIDTHS:
+        packed, escaped = _pack(plane, bits)
+        cost = _entropy_bytes(packed) + _entropy_bytes(escaped) + 0.05 * escaped.size
+        if cost < best_cost:
+            best_bits, best_cost = bits, cost
+    if best_bits == 8:  # noqa: PLR2004 - a plain byte plane
+        return bytes([8]) + plane.tobytes()
+    packed, escaped = _pack(plane, best_bits)
+    return bytes([best_bits]) + packed.tobytes() + escaped.tobytes()
+
+
+def pack_planes(values: npt.NDArray[np.unsignedinteger]) -> bytes:
+    """Split little-endian words into byte planes and pack each one."""
+    width = values.dtype.itemsize
+    planes = values.view(np.uint8).reshape(-1, width).T
+    return b"".join(_plane(np.ascontiguousarray(plane)) for plane in planes)
+
+
+def _read_plane(buffer: ReadBuffer, count: int) -> Bytes:
+    (bits,) = buffer.take(1)
+    if bits == 8:  # noqa: PLR2004 - a plain byte plane
+        return np.frombuffer(buffer.take(count), dtype=np.uint8)
+    if bits not in _WIDTHS:
+        msg = f"a byte plane says {bits} bits per value; only 1, 2, 4 or 8 exist"
+        raise DeltaError(msg, code="corrupt")
+    codes = _unpack(np.frombuffer(buffer.take(-(-count * bits // 8)), dtype=np.uint8), bits, count)
+    escape = (1 << bits) - 1
+    plane = codes.copy()
+    where = np.flatnonzero(codes == escape)
+    plane[where] = np.frombuffer(buffer.take(where.size), dtype=np.uint8)
+    return plane
+
+
+def unpack_planes(
+    buffer: ReadBuffer, count: int, dtype: np.dtype[np.unsignedinteger]
+) -> npt.NDArray[np.unsignedinteger]:
+    """Read ``count`` words of ``dtype`` written by :func:`pack_planes`."""
+    planes = np.empty((count, dtype.itemsize), dtype=np.uint8)
+    for index in range(dtype.itemsize):
+        planes[:, index] = _read_plane(buffer, count)
+    return planes.view(dtype).reshape(-1)

@@ -126,7 +126,11 @@ def demo(
             raise typer.Exit(1)
         if not no_serve:
             out.print(
-                f"server: {fleet.server.url}/docs (API), admin token {fleet.server.admin_token}; "
+                f"dashboard: {fleet.server.dashboard_url} (sign in with the read-only token "
+                f"{fleet.server.viewer_token()})"
+            )
+            out.print(
+                f"API: {fleet.server.url}/docs, admin token {fleet.server.admin_token}; "
                 f"e.g. curl -H 'Authorization: Bearer {fleet.server.admin_token}' {fleet.server.url}/v1/admin/rollouts"
             )
             out.print("Ctrl-C stops it.")

@@ -223,6 +223,15 @@ class FleetServer:
         """A token ``uses`` devices enroll with; they get ``tags``."""
         return str(self._call("POST", "/v1/admin/enrollment-tokens", json={"max_uses": uses, "tags": tags})["token"])
 
+    def viewer_token(self, name: str = "dashboard") -> str:
+        """A new read-only (``viewer``) admin token, e.g. to sign in to the dashboard pages with."""
+        return str(self._call("POST", "/v1/admin/tokens", json={"name": name, "role": "viewer"})["token"])
+
+    @property
+    def dashboard_url(self) -> str:
+        """Where the dashboard's sign-in form is."""
+        return f"{self.url}/dashboard/login"
+
     def start_rollout(self, spec: dict[str, Any]) -> str:
         """Create and start a rollout (forced past a plan the fleet is too small for); its id."""
         return str(self._call("POST", "/v1/admin/rollouts", params={"force": "true"}, json=spec)["id"])

@@ -358,3 +358,11 @@ def test_the_build_command_prints_per_weight_what_it_kept(ws, parents, tmp_path)
     assert "INT8 scales from parent 1.0.0: 3 of 4 weights kept unchanged" in result.output
     assert "w1_quantized: kept the parent's scale" in result.output
     assert "w2_quantized: re-quantized" in result.output
+
+
+def test_an_all_negative_constant_at_the_edge_of_the_int8_range_keeps_its_scale(ws):
+    weights = {**parent_weights(), "b2": -np.abs(parent_weights()["b2"]) - 0.01}  # zero point 127: no positive step
+    _, parent = ws.build(mlp(ws.root / "neg-1.onnx", weights), "neg-1.mfb", version="1.0.0", release=1)
+    assert ws.int8(parent)["b2_zero_point"] == 127
+    manifest, _ = ws.build(mlp(ws.root / "neg-2.onnx", weights), "neg-2.mfb", parent_bundle=parent)
+    assert {t.name: t.reused for t in manifest.contract.quantization.tensors}["b2_quantized"] == 1

@@ -19,6 +19,7 @@ so quantized values, biases and graph are produced exactly as in a fresh build.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,14 +141,21 @@ def _channels(data: NDArray[np.float32], axis: int | None) -> list[NDArray[np.fl
 
 def _fit(values: NDArray[np.float32], scale: float, zero_point: int) -> _Fit:
     """Measure ``values`` against a scale and zero point (ONNX Runtime includes 0 in every range)."""
-    high, low = max(float(values.max(initial=0.0)), 0.0), min(float(values.min(initial=0.0)), 0.0)
-    needed = max(high / (_QMAX - zero_point), low / (_QMIN - zero_point))
+    high, low = float(values.max(initial=0.0)), float(values.min(initial=0.0))
+    needed = max(_needed(high, _QMAX - zero_point), _needed(-low, zero_point - _QMIN))
     if needed == 0.0:
         return _Fit(growth=0.0, coarsening=0.0)  # all zeros: any scale represents them exactly
     if scale <= 0.0:
-        return _Fit(growth=float("inf"), coarsening=0.0)
+        return _Fit(growth=math.inf, coarsening=0.0)
     fresh = float(compute_data_quant_params(values, onnx.TensorProto.INT8, symmetric=zero_point == 0)[1])
     return _Fit(growth=needed / scale - 1.0, coarsening=scale / fresh - 1.0)
+
+
+def _needed(extent: float, levels: int) -> float:
+    """The scale that puts ``extent`` (>= 0) ``levels`` steps from the zero point; infinite without any step."""
+    if extent == 0.0:
+        return 0.0
+    return extent / levels if levels > 0 else math.inf
 
 
 def _override(old: QuantizedWeight, channels: list[NDArray[np.float32]], kept: list[bool]) -> list[dict[str, object]]:

@@ -295,6 +295,7 @@ def test_parity_is_still_enforced_with_kept_scales(ws):
     with pytest.raises(ParityError) as refused:
         ws.build(child, "tie-2.mfb", parent_bundle=parent, min_parity=0.98)
     assert refused.value.code == "below_parity"
+    assert "weight(s) kept scales of parent 1.0.0" in refused.value.message
     assert not (ws.root / "tie-2.mfb").exists()
 
 

@@ -56,6 +56,7 @@ from modelfleet.bundle._signing import SigningKey
 from modelfleet.bundle._validation import ValidationSet, bind_inputs, check_labels
 from modelfleet.clock import Clock, SystemClock, format_timestamp
 from modelfleet.config import BundleLimits
+from modelfleet.errors import ParityError
 
 __all__ = ["BuildOptions", "BuildProgress", "build_bundle"]
 
@@ -270,8 +271,23 @@ def _quantized(  # noqa: PLR0917 - one call site, every argument a different sta
     )
     session = Session(model, "the INT8 model")
     scores = score_rows(session, inputs, scores_output, batching.rows, job.step("parity"))
-    parity = check_parity(float_scores.top1, scores.top1, job.options.min_parity)
+    parity = _parity(job, float_scores, scores, quantization)
     return _Shipped(model, session, scores, quantization, parity)
+
+
+def _parity(job: _Job, float_scores: Scores, int8_scores: Scores, quantization: Quantization) -> Parity:
+    """Check parity; a refusal of a build that kept a parent's scales says so, and how to loosen that."""
+    try:
+        return check_parity(float_scores.top1, int8_scores.top1, job.options.min_parity)
+    except ParityError as refused:
+        if job.parent is None:
+            raise
+        kept = sum(1 for tensor in quantization.tensors if tensor.reused)
+        msg = (
+            f"{refused.message}; {kept} weight(s) kept scales of parent {job.parent.manifest.version}: "
+            "tighten --parent-max-clip / --parent-max-coarsening or build without the parent bundle"
+        )
+        raise ParityError(msg, code=refused.code) from None
 
 
 def _golden(job: _Job, session: Session, inputs: Mapping[str, Array], batching: _Batching) -> Golden:

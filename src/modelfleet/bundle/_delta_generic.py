@@ -122,6 +122,6 @@ def bsdiff4_apply(base: bytes, patch: bytes, target_size: int) -> bytes:
     apply: Callable[[bytes, bytes], bytes] = bsdiff4.patch
     try:
         return apply(base, patch)
-    except (ValueError, RuntimeError, OverflowError) as exc:
+    except (ValueError, RuntimeError, OverflowError, OSError, EOFError) as exc:  # bz2 raises OSError
         msg = f"the bsdiff4 patch does not apply: {exc}"
         raise DeltaError(msg, code="corrupt") from None

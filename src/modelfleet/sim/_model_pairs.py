@@ -40,6 +40,7 @@ from modelfleet.bundle import (
     SignatureEnvelope,
     SigningKey,
     TensorSpec,
+    TrustedKeys,
     write_bundle,
 )
 
@@ -64,6 +65,7 @@ class BundlePair:
     scenario: Scenario
     old_weights: dict[str, npt.NDArray[np.generic]]
     new_weights: dict[str, npt.NDArray[np.generic]]
+    trusted: TrustedKeys
 
 
 def layer_shape(model_bytes: int, precision: Precision) -> tuple[int, int]:
@@ -256,4 +258,5 @@ def bundle_pair(
     stem = directory / f"{precision}-{scenario}-{model_bytes}"
     for name, release in (("old", old), ("new", new)):
         _write_bundle(stem / f"{name}.mfb", release, len(old_layers), width, key)
-    return BundlePair(stem / "old.mfb", stem / "new.mfb", precision, scenario, old.tensors, new.tensors)
+    trusted = TrustedKeys.of([key.public], 1)
+    return BundlePair(stem / "old.mfb", stem / "new.mfb", precision, scenario, old.tensors, new.tensors, trusted)

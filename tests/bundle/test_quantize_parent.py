@@ -367,3 +367,16 @@ def test_an_all_negative_constant_at_the_edge_of_the_int8_range_keeps_its_scale(
     assert ws.int8(parent)["b2_zero_point"] == 127
     manifest, _ = ws.build(mlp(ws.root / "neg-2.onnx", weights), "neg-2.mfb", parent_bundle=parent)
     assert {t.name: t.reused for t in manifest.contract.quantization.tensors}["b2_quantized"] == 1
+
+
+def test_a_parent_whose_model_does_not_match_its_manifest_is_refused(ws, parents):
+    weights, parent_paths = parents
+    data = bytearray(parent_paths["per-tensor"].read_bytes())
+    last = len(data.rstrip(b"\x00")) - 1  # model.onnx is the last member: its last non-zero byte
+    data[last] ^= 0xFF
+    tampered = ws.root / "tampered.mfb"
+    tampered.write_bytes(bytes(data))
+    with pytest.raises(BuildError) as refused:
+        ws.build(mlp(ws.root / "tampered.onnx", weights), "tampered-child.mfb", parent_bundle=tampered)
+    assert refused.value.code == "bad_parent"
+    assert "model.onnx does not match the sha256 in its manifest" in refused.value.message

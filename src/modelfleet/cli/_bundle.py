@@ -1,4 +1,4 @@
-"""``modelfleet bundle``: build, inspect and verify signed model bundles."""
+"""``modelfleet bundle``: build, inspect and verify signed model bundles; diff and patch them."""
 
 from __future__ import annotations
 
@@ -250,4 +250,55 @@ def verify(
         f"[bold green]OK[/] {bundle}: {m.name} {m.version} (release {m.release}), {len(m.files)} files "
         f"{human_bytes(m.payload_bytes)}, signed by {len(verified.signed_by)} of {len(trusted.keys)} trusted keys "
         f"(threshold {trusted.threshold}): {signers}"
+    )
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    temp = path.with_name(f".{path.name}.partial")
+    try:
+        temp.write_bytes(data)
+        temp.replace(path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+@bundle_app.command("diff")
+def diff(
+    old: Path = typer.Argument(..., exists=True, dir_okay=False, help="The bundle devices run (.mfb)."),
+    new: Path = typer.Argument(..., exists=True, dir_okay=False, help="The bundle to send them (.mfb)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Where to write the delta (.mfd)."),
+) -> None:
+    """Encode the smallest delta from OLD to NEW (tensor-aware for ONNX, else zstd or bsdiff4)."""
+    from modelfleet.bundle.delta import encode  # noqa: PLC0415 - numpy/zstd load only for this command
+
+    delta = encode(old, new)
+    _write_atomically(output, delta.data)
+    full = delta.header.target_size
+    candidates = ", ".join(f"{codec} {human_bytes(size)}" for codec, size in sorted(delta.sizes.items()))
+    out.print(
+        f"wrote {output}: full {human_bytes(full)}, delta {human_bytes(len(delta.data))} "
+        f"(ratio {len(delta.data) / max(full, 1):.3f}), codec {delta.codec}, {delta.seconds:.2f} s; "
+        f"candidates: {candidates}"
+    )
+
+
+@bundle_app.command("patch")
+def patch(
+    old: Path = typer.Argument(..., exists=True, dir_okay=False, help="The installed bundle the delta was made from."),
+    delta: Path = typer.Argument(..., exists=True, dir_okay=False, help="The delta (.mfd)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Where to write the rebuilt bundle (.mfb)."),
+) -> None:
+    """Rebuild NEW from OLD and a delta; the result must hash to the delta's target or nothing is written."""
+    from modelfleet.bundle.delta import apply  # noqa: PLC0415 - numpy/zstd load only for this command
+    from modelfleet.errors import DeltaError  # noqa: PLC0415
+
+    try:
+        header = apply(old, delta, output)
+    except DeltaError as error:
+        err.print(f"[bold red]REFUSED[/] {delta}: {error.message} [dim]\\[{error.code}][/]")
+        raise typer.Exit(EXIT_REFUSED) from None
+    out.print(
+        f"[bold green]OK[/] {output}: {human_bytes(header.target_size)}, sha256 {header.target_sha256[:16]}… "
+        f"rebuilt from {old} with a {header.codec} delta; check its signatures with `modelfleet bundle verify`"
     )

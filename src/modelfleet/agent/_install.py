@@ -37,6 +37,7 @@ from typing import Self
 
 from pydantic import ValidationError
 
+from modelfleet.agent._delta import fetch_by_delta
 from modelfleet.agent._download import Downloader, DownloadPolicy, backoff_delay
 from modelfleet.agent._failures import disk_failure
 from modelfleet.agent._health import HealthPolicy, LiveVerdict, LiveWatch, check_health
@@ -136,6 +137,7 @@ class InstallConfig:
         limits: bounds for reading bundles.
         retry_base_s: first backoff ceiling after a download failed in transit; it doubles per failure.
         retry_cap_s: largest backoff ceiling (and the longest a wall clock set back can postpone a retry).
+        use_deltas: rebuild a bundle from a delta the server offers (falls back to the full bundle on any problem).
     """
 
     trusted: TrustedKeys
@@ -148,6 +150,7 @@ class InstallConfig:
     limits: BundleLimits = field(default_factory=BundleLimits)
     retry_base_s: float = 30.0
     retry_cap_s: float = 3600.0
+    use_deltas: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,6 +338,9 @@ class Installer:
         """Apply the table, journal the new state (with its events) durably, then hand the events on."""
         state = next_state(journal.state, outcome.event)
         updated = journal.entering(state)
+        if outcome.event == _E.DOWNLOADED and "delivery" in outcome.detail:
+            delivery = {key: value for key, value in outcome.detail.items() if isinstance(value, str | int)}
+            updated = updated.model_copy(update={"delivery": delivery})
         if outcome.reason is not None:
             updated = updated.model_copy(update={"reason": outcome.reason[:2048], "code": outcome.code})
         if state in {_S.FAILED, _S.ROLLED_BACK}:
@@ -430,9 +436,30 @@ class Installer:
             return _Outcome.of(_E.REFUSED, exc)
         if self.slots.exists(target.model, target.slot):
             return _Outcome(_E.DOWNLOADED)  # kept from an earlier install; verified again next
-        return self._precheck(journal, target) or self._fetch(target)
+        delivery: dict[str, str | int] = {}
+        if target.delta is not None and self.config.use_deltas:
+            by_delta = fetch_by_delta(self._downloader, self.slots, target, journal.origin.current)
+            delivery = {"delta_bytes": by_delta.fetched, "bytes_saved": by_delta.saved}
+            if by_delta.delivered:
+                return self._delta_checked(journal, target) or self._delta_delivered(delivery)
+            delivery["delta_refused"] = by_delta.reason or ""
+        return self._precheck(journal, target) or self._fetch(target, delivery)
 
-    def _fetch(self, target: Target) -> _Outcome:
+    def _delta_checked(self, journal: Journal, target: Target) -> _Outcome | None:
+        """The precheck of a bundle rebuilt from a delta, on its local header; ``None`` when it may go on."""
+        bundle = self.slots.downloads_dir(target.model) / f"{target.sha256}.mfb"
+        try:
+            header = read_header(bundle, self.config.limits)
+            verify_signatures(header.manifest_bytes, header.signature_bytes, self.config.trusted, self.config.limits)
+        except BundleError as exc:
+            return _Outcome.of(_E.VERIFY_FAILED, exc)
+        return self._judge(journal, target, header.manifest) or self._compatibility(header.manifest)
+
+    def _delta_delivered(self, delivery: Mapping[str, str | int]) -> _Outcome:
+        self._checkpoint(CrashPoint.AFTER_DOWNLOAD)
+        return _Outcome(_E.DOWNLOADED, detail={"delivery": "delta", **delivery})
+
+    def _fetch(self, target: Target, delivery: Mapping[str, str | int]) -> _Outcome:
         """Download the bundle: bad bytes fail the version, a failed transfer is retried later."""
         directory = self.slots.downloads_dir(target.model)
         try:
@@ -444,7 +471,7 @@ class Installer:
         except BadDataError as exc:
             return _Outcome.of(_E.DOWNLOAD_FAILED, exc)
         self._checkpoint(CrashPoint.AFTER_DOWNLOAD)
-        return _Outcome(_E.DOWNLOADED)
+        return _Outcome(_E.DOWNLOADED, detail={"delivery": "full", **delivery})
 
     def _download_progress(self, target: Target) -> Callable[[int], None]:
         def progress(done: int) -> None:
@@ -656,6 +683,7 @@ def _event_detail(
         "attempt": journal.attempt,
         "release": target.release if target else None,
         "assignment": target.assignment if target else None,
+        **journal.delivery,
         **outcome.detail,
     }
 

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from modelfleet.agent._slots import fsync_dir
 from modelfleet.agent._update import UpdateState
-from modelfleet.protocol import DesiredModel
+from modelfleet.protocol import Artifact, DesiredModel
 from modelfleet.telemetry import Event, EventKind
 
 __all__ = ["JOURNAL_FORMAT", "FailedVersion", "Journal", "JournalFile", "Origin", "Target"]
@@ -55,6 +55,7 @@ class Target(_Record):
     url: str = Field(min_length=1, max_length=4096)
     rollback: bool = False
     assignment: str = Field(min_length=1, max_length=128)
+    delta: Artifact | None = None  # offered by the server: rebuilds this bundle from the running version
 
     @property
     def slot(self) -> str:
@@ -74,6 +75,7 @@ class Target(_Record):
             url=desired.artifact.url,
             rollback=desired.rollback,
             assignment=assignment,
+            delta=desired.delta,
         )
 
 
@@ -110,6 +112,7 @@ class Journal(_Record):
     clock_floor: datetime | None = None
     retries: int = Field(default=0, ge=0)
     retry_after: datetime | None = None
+    delivery: dict[str, str | int] = Field(default_factory=dict, max_length=8)  # how the bundle arrived (delta?)
 
     def entering(self, state: UpdateState) -> Journal:
         """This journal moved to ``state``, with that state's visit counter raised by one."""
@@ -133,6 +136,7 @@ class Journal(_Record):
                 "events": (),
                 "retries": 0,
                 "retry_after": None,
+                "delivery": {},
             }
         )
 

@@ -27,6 +27,7 @@ from modelfleet.server._background import run_drift_checks, run_reconciler
 from modelfleet.server._body import add_body_schemas
 from modelfleet.server._config import ServerConfig
 from modelfleet.server._dashboard import install_dashboard
+from modelfleet.server._deltas import DeltaOffers, run_delta_builds
 from modelfleet.server._desired import DesiredStateResolver, desired_state
 from modelfleet.server._device_api import BODY_MODELS as DEVICE_BODIES
 from modelfleet.server._device_api import device_router
@@ -80,7 +81,9 @@ def create_app(
         trusted=trusted,
         metrics=Metrics(),
         last_seen=LastSeenBuffer(),
-        resolver=resolver or RolloutResolver(desired_state, ttl_seconds=config.rollout_cache_seconds),
+        resolver=DeltaOffers(
+            resolver or RolloutResolver(desired_state, ttl_seconds=config.rollout_cache_seconds), config.deltas
+        ),
         upload_dir=config.data_dir / "uploads",
     )
     app = FastAPI(
@@ -131,6 +134,9 @@ def _lifespan(state: ServerState, *, owns_engine: bool) -> Callable[[FastAPI], A
         tasks = [looks, flusher]
         if state.config.drift.enabled:
             tasks.append(asyncio.create_task(run_drift_checks(state.engine, state.clock, state.config.drift)))
+        if state.config.deltas.enabled and isinstance(state.resolver, DeltaOffers):
+            builds = run_delta_builds(state.resolver, state.engine, state.blobs, state.clock, state.config.deltas)
+            tasks.append(asyncio.create_task(builds))
         try:
             yield
         finally:

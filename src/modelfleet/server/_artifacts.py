@@ -1,7 +1,7 @@
 """Bundle downloads with single-range ``Range`` support, only for the caller's own artifacts.
 
 A device may fetch a bundle that its desired state names or that it reports
-installed; anything else is 404, so a device cannot even learn whether another
+installed, and a delta its desired state offers; anything else is 404, so a device cannot even learn whether another
 device's artifact exists. Ranges follow RFC 9110 for one range per request
 (``a-b``, ``a-``, ``-n``); a malformed, multi-range or unsatisfiable range is
 416 with ``Content-Range: bytes */size``, so a resuming agent can start over.
@@ -16,11 +16,12 @@ from pathlib import Path
 import anyio
 from fastapi import Response
 from fastapi.responses import FileResponse, StreamingResponse
+from sqlalchemy import Connection
 
 from modelfleet.errors import NotFoundError
 from modelfleet.server._errors import ApiError
 from modelfleet.server._state import ServerState
-from modelfleet.store import DeviceRecord, bundles_by_sha256
+from modelfleet.store import DeviceRecord, bundles_by_sha256, delta_by_sha256
 
 __all__ = ["artifact_path", "byte_range", "ranged_file"]
 
@@ -38,12 +39,20 @@ def artifact_path(state: ServerState, device: DeviceRecord, sha256: str) -> Path
     with state.engine.connect() as connection:
         versions = set(bundles_by_sha256(connection, sha256))
         if versions and not _installed(device, versions):
-            desired = state.resolver(connection, device, state.config.public_url)
-            versions = versions if any(d.artifact.sha256 == sha256 for d in desired) else set()
-    if not versions:
+            versions = versions if _desired(state, connection, device, sha256) else set()
+        allowed = bool(versions) or (
+            bool(delta_by_sha256(connection, sha256)) and _desired(state, connection, device, sha256)
+        )
+    if not allowed:
         msg = f"no artifact {sha256} for this device"
         raise NotFoundError(msg, code="unknown_artifact")
     return state.blobs.path(sha256)
+
+
+def _desired(state: ServerState, connection: Connection, device: DeviceRecord, sha256: str) -> bool:
+    """Does the device's desired state link to this blob (as its bundle or its delta)."""
+    desired = state.resolver(connection, device, state.config.public_url)
+    return any(sha256 in {d.artifact.sha256, d.delta.sha256 if d.delta else None} for d in desired)
 
 
 def _installed(device: DeviceRecord, versions: set[tuple[str, str]]) -> bool:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from modelfleet.bundle import PublicKey, TrustedKeys
 from modelfleet.errors import ConfigError
+from modelfleet.server._deltas import DeltaSettings
 from modelfleet.server._retrain import DriftSettings
 from modelfleet.store import default_database_url
 
@@ -44,6 +45,7 @@ class ServerConfig(BaseModel):
         mqtt_url: the MQTT broker wake-ups are published to (``mqtt://host:1883``); ``None`` sends none.
         reconcile_seconds: how often the reconciler looks at running rollouts.
         rollout_cache_seconds: how long a process reuses its read of started rollouts for check-ins.
+        deltas: whether and how deltas between bundles are offered and built (ADR 0009).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -63,6 +65,7 @@ class ServerConfig(BaseModel):
     mqtt_url: str | None = Field(default=None, pattern=r"^mqtts?://\S+$")
     reconcile_seconds: float = Field(default=10.0, gt=0, le=3600)
     rollout_cache_seconds: float = Field(default=1.0, ge=0, le=3600)
+    deltas: DeltaSettings = Field(default_factory=DeltaSettings)
 
     def trusted(self) -> TrustedKeys:
         """Load the pinned bundle keys and threshold.

@@ -1,13 +1,22 @@
 """Enrollment proofs bind the device id, key, time and token; wire models forbid surprises."""
 
 import base64
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from pydantic import ValidationError
 
 from modelfleet.bundle import DeviceProfile, SigningKey
-from modelfleet.protocol import MAX_BATCH, EnrollRequest, TelemetryBatch, enrollment_message
+from modelfleet.protocol import (
+    MAX_BATCH,
+    Artifact,
+    DesiredModel,
+    EnrollRequest,
+    InstalledModel,
+    TelemetryBatch,
+    TimeSlice,
+    enrollment_message,
+)
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 PROFILE = DeviceProfile(arch="aarch64", ram_bytes=2**31, disk_free_bytes=2**33)
@@ -56,3 +65,52 @@ def test_batches_are_bounded():
     with pytest.raises(ValidationError, match="at most 500 items per batch") as caught:
         TelemetryBatch.model_validate({"summaries": [{}] * (MAX_BATCH + 1)})
     assert caught.value.error_count() == 1  # refused before 501 items were validated
+
+
+SLICE = {"slot_seconds": 60, "order": [0, 1]}
+ARTIFACT = {"url": "http://127.0.0.1/v1/artifacts/x", "sha256": "0" * 64, "size": 10}
+OLD_ANSWER = (
+    '{"model":"digits","version":"1.0.0","release":1,"mode":"active","rollback":false,"rollout_id":null,'
+    '"experiment_id":null,"artifact":{"url":"http://127.0.0.1/v1/artifacts/x","sha256":"'
+    + "0" * 64
+    + '","size":10},"delta":null}'
+)
+
+
+def test_an_answer_without_a_candidate_is_the_bytes_it_was_before_the_field():
+    desired = DesiredModel(model="digits", version="1.0.0", release=1, artifact=Artifact(**ARTIFACT))
+    assert desired.model_dump_json() == OLD_ANSWER
+    assert DesiredModel.model_validate_json(OLD_ANSWER) == desired
+    assert "modes" not in InstalledModel(model="digits").model_dump(mode="json")
+
+
+@pytest.mark.parametrize(
+    ("mode", "candidate", "problem"),
+    [
+        ("shadow", None, "needs a candidate"),
+        ("active", {"version": "2.0.0", "release": 2, "artifact": ARTIFACT}, "takes no candidate"),
+        ("time_slice", {"version": "2.0.0", "release": 2, "artifact": ARTIFACT}, "time_slice schedule"),
+        (
+            "shadow",
+            {
+                "version": "2.0.0",
+                "release": 2,
+                "artifact": ARTIFACT,
+                "time_slice": {"slot_seconds": 60, "order": [0, 1]},
+            },
+            "time_slice schedule",
+        ),
+    ],
+)
+def test_a_mode_and_its_candidate_come_together(mode, candidate, problem):
+    body = {"model": "digits", "version": "1.0.0", "release": 1, "mode": mode, "artifact": ARTIFACT}
+    with pytest.raises(ValidationError, match=problem):
+        DesiredModel.model_validate({**body, "candidate": candidate})
+
+
+def test_a_time_slice_runs_abba_blocks_from_the_epoch():
+    schedule = TimeSlice(slot_seconds=60, order=(1, 0))
+    start = datetime(2026, 12, 7, tzinfo=UTC)
+    assert [schedule.version_at(start + timedelta(seconds=60 * k + 59)) for k in range(8)] == [1, 0, 0, 1] * 2
+    with pytest.raises(ValidationError, match="order"):
+        TimeSlice(slot_seconds=60, order=(1, 1))

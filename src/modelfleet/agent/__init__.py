@@ -10,7 +10,8 @@ through this package, and an application pays only for what it uses. Modules:
 (resumable bounded downloads), ``_install`` (the update engine over the table in
 ``_update``, journaled by ``_journal``), ``_slots`` (versions and symlinks),
 ``_health`` (the post-switch check), ``_predictor`` with ``_worker`` / ``_inline``
-(inference), ``_modes`` (shadow and time slice), ``_contract`` (input checks),
+(inference), ``_modes`` (shadow and time slice), ``_candidate`` and ``_served`` (an experiment's candidate beside the
+active version, and the Predictor on both), ``_contract`` (input checks),
 ``_events`` and ``_outbox`` (telemetry buffers), ``_identity`` (keys and
 credential), ``_wake`` (MQTT wake-ups), ``_runtime`` (the runtime interface).
 """
@@ -21,6 +22,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from modelfleet.agent._candidate import CandidateRecord, Serving
     from modelfleet.agent._client import ClientTimeouts, ClockSkewError, CredentialRejectedError, DeviceClient
     from modelfleet.agent._daemon import Agent, AgentConfig, AgentState, StepResult, agent_status
     from modelfleet.agent._download import Downloader, DownloadPolicy, FreeSpace, backoff_delay, disk_free
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     from modelfleet.agent._outbox import Outbox, OutboxCounts, OutboxItem
     from modelfleet.agent._predictor import InstalledVersion, Prediction, Predictor
     from modelfleet.agent._runtime import Isolation, OnnxRuntime, Runtime, RuntimeConfig
+    from modelfleet.agent._served import ServedPredictor, open_served
     from modelfleet.agent._slots import Slot, SlotHandle, SlotStore
     from modelfleet.agent._update import TERMINAL, TRANSITIONS, CrashPoint, UpdateEvent, UpdateState, next_state
     from modelfleet.agent._wake import WakeListener
@@ -41,6 +44,7 @@ _EXPORTS = {
     "Agent": "_daemon",
     "AgentConfig": "_daemon",
     "AgentState": "_daemon",
+    "CandidateRecord": "_candidate",
     "ClientTimeouts": "_client",
     "ClockSkewError": "_client",
     "CrashPoint": "_update",
@@ -74,6 +78,8 @@ _EXPORTS = {
     "RuntimeConfig": "_runtime",
     "Slot": "_slots",
     "SlotHandle": "_slots",
+    "ServedPredictor": "_served",
+    "Serving": "_candidate",
     "SlotStore": "_slots",
     "StepResult": "_daemon",
     "Target": "_journal",
@@ -86,6 +92,7 @@ _EXPORTS = {
     "crash_checkpoint": "_install",
     "disk_free": "_download",
     "next_state": "_update",
+    "open_served": "_served",
 }
 """Public name -> the private module that defines it."""
 
@@ -95,6 +102,7 @@ __all__ = [
     "Agent",
     "AgentConfig",
     "AgentState",
+    "CandidateRecord",
     "ClientTimeouts",
     "ClockSkewError",
     "CrashPoint",
@@ -126,6 +134,8 @@ __all__ = [
     "Predictor",
     "Runtime",
     "RuntimeConfig",
+    "ServedPredictor",
+    "Serving",
     "Slot",
     "SlotHandle",
     "SlotStore",
@@ -140,6 +150,7 @@ __all__ = [
     "crash_checkpoint",
     "disk_free",
     "next_state",
+    "open_served",
 ]
 
 

@@ -10,6 +10,14 @@ summaries wait in the :class:`Outbox` and are marked sent only after the server
 acknowledged them; the server stores each id once, so a resend after a lost
 acknowledgement is harmless (exactly once end to end).
 
+Shadow and time slice: when the check-in's desired model carries a ``candidate``,
+the agent installs it beside the running version once that version has settled
+(:meth:`Installer.stage_candidate`: the checks of any install, ``current`` never
+moves) and drops it when the answer no longer names it. :meth:`Agent.serving` tells
+the application what its :class:`Predictor` should run (active version, candidate,
+mode, schedule); :func:`open_served` builds one from it. A candidate that fails a
+check is reported and dropped; the active version serves on.
+
 Live health: with ``HealthPolicy.live_inferences`` set, a new version stays on trial
 until the application's :class:`Predictor` served that many calls with it. The
 predictor handed to the agent (:meth:`Agent.use_predictor`; the application gives it
@@ -40,19 +48,28 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from modelfleet.agent._candidate import CandidateFile, Serving
 from modelfleet.agent._client import ClockSkewError, CredentialRejectedError, DeviceClient
 from modelfleet.agent._download import Downloader, DownloadPolicy, backoff_delay, disk_free
 from modelfleet.agent._health import HealthPolicy
 from modelfleet.agent._identity import CredentialFile, DeviceIdentity, write_private
-from modelfleet.agent._install import InstallConfig, Installer
+from modelfleet.agent._install import CANDIDATE_FILE, InstallConfig, Installer
 from modelfleet.agent._journal import JournalFile
 from modelfleet.agent._outbox import Outbox, OutboxKind
-from modelfleet.agent._slots import CURRENT, PREVIOUS, SlotStore
+from modelfleet.agent._slots import CANDIDATE, CURRENT, PREVIOUS, SlotStore
 from modelfleet.agent._wake import WakeListener
 from modelfleet.bundle import DeviceProfile, PublicKey, TrustedKeys
 from modelfleet.clock import Clock, SystemClock
 from modelfleet.errors import BadDataError, ConfigError, ModelfleetError, PermissionDeniedError, TransportError
-from modelfleet.protocol import MAX_BATCH, CheckinRequest, DesiredModel, EventBatch, InstalledModel, TelemetryBatch
+from modelfleet.protocol import (
+    EXPERIMENT_MODES,
+    MAX_BATCH,
+    CheckinRequest,
+    DesiredModel,
+    EventBatch,
+    InstalledModel,
+    TelemetryBatch,
+)
 from modelfleet.telemetry import Event, Summary
 
 if TYPE_CHECKING:
@@ -419,6 +436,47 @@ class Agent:
         self.state.save(self.data_dir)
         for desired in self.state.desired:
             self._install(desired)
+            self._follow_candidate(desired)
+        named = {desired.model for desired in self.state.desired}
+        for model in self.installer.slots.models():
+            if model not in named:
+                self.installer.drop_candidate(model)
+
+    def _follow_candidate(self, desired: DesiredModel) -> None:
+        """Stage the candidate a shadow or time slice names once the active version runs; drop one no longer named."""
+        if desired.candidate is None:
+            self.installer.drop_candidate(desired.model)
+            return
+        slots = self.installer.slots
+        journal = self.installer.journal(desired.model)
+        settled = journal.state.value in {"committed", "rolled_back", "failed", "idle"}
+        if slots.link(desired.model, CURRENT) != f"{desired.version}-{desired.artifact.sha256[:12]}" or not settled:
+            return  # the active version first: a candidate runs beside what the experiment compares it with
+        try:
+            self.installer.stage_candidate(desired)
+        except BadDataError as exc:
+            logger.error(  # noqa: TRY400 - the reason is the message, no traceback
+                "cannot stage candidate of %s: %s", desired.model, exc.message
+            )
+
+    def serving(self, model: str) -> Serving | None:
+        """What the application's Predictor should run for ``model`` now; ``None`` when nothing is installed.
+
+        Compare with what it runs after each step, and build a new Predictor (:func:`open_served`) on a change.
+        """
+        slots = self.installer.slots
+        current = slots.link(model, CURRENT)
+        if current is None:
+            return None
+        record = self.installer.candidate(model)
+        if (
+            record is None
+            or record.state != "ready"
+            or record.slot == current
+            or slots.link(model, CANDIDATE) != record.slot
+        ):
+            return Serving(model, current)
+        return Serving(model, current, record.slot, record.mode, record.time_slice)
 
     def _install(self, desired: DesiredModel) -> None:
         """Hand a desired model to the installer unless it runs already; failures end up in events."""
@@ -560,9 +618,18 @@ def installed_models(slots: SlotStore) -> list[InstalledModel]:
                 release=current.manifest().release if current else None,
                 state=journal.state.value if journal else "idle",
                 previous_version=previous.rsplit("-", 1)[0] if previous else None,
+                modes=EXPERIMENT_MODES,
             )
         )
     return models
+
+
+def _candidate_status(data_dir: Path, model: str) -> dict[str, Any] | None:
+    """The shadow or time-slice candidate beside a model, as ``agent status`` shows it."""
+    record = CandidateFile(SlotStore(data_dir).model_dir(model) / CANDIDATE_FILE).load()
+    if record is None:
+        return None
+    return {"version": record.version, "mode": record.mode, "state": record.state, "reason": record.reason}
 
 
 def agent_status(data_dir: Path) -> dict[str, Any]:
@@ -586,6 +653,7 @@ def agent_status(data_dir: Path) -> dict[str, Any]:
                 "failed": [f.version for f in journal.failed] if journal else [],
                 "download_retries": journal.retries if journal else 0,
                 "retry_after": journal.retry_after.isoformat() if journal and journal.retry_after else None,
+                "candidate": _candidate_status(data_dir, entry.model),
             }
     outbox: dict[str, Any] = {"pending_events": 0, "pending_summaries": 0, "sent": 0, "dropped": {}}
     if (data_dir / OUTBOX_FILE).exists():

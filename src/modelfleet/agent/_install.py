@@ -37,12 +37,13 @@ from typing import Self
 
 from pydantic import ValidationError
 
+from modelfleet.agent._candidate import CandidateFile, CandidateRecord, assignment_of
 from modelfleet.agent._delta import fetch_by_delta
 from modelfleet.agent._download import Downloader, DownloadPolicy, backoff_delay
 from modelfleet.agent._failures import disk_failure
 from modelfleet.agent._health import HealthPolicy, LiveVerdict, LiveWatch, check_health
 from modelfleet.agent._journal import Journal, JournalFile, Origin, Target
-from modelfleet.agent._slots import CURRENT, PREVIOUS, Checkpoint, SlotStore
+from modelfleet.agent._slots import CANDIDATE, CURRENT, PREVIOUS, Checkpoint, Slot, SlotStore
 from modelfleet.agent._update import TERMINAL, CrashPoint, UpdateEvent, UpdateState, next_state
 from modelfleet.bundle import (
     AppContract,
@@ -76,6 +77,7 @@ EventSink = Callable[[Event], None]
 """Takes install events (the telemetry outbox); ids make a repeated event harmless."""
 
 JOURNAL_FILE = "journal.json"
+CANDIDATE_FILE = "candidate.json"
 _TAR_BLOCK = 512  # a bundle header is two tar members: their header blocks and padding
 
 _E, _S = UpdateEvent, UpdateState
@@ -287,6 +289,153 @@ class Installer:
             return False
         entry[1].observe_live(error)
         return entry[1].verdict() != LiveVerdict.PENDING
+
+    # ------------------------------------------------------------ candidates (shadow, time slice)
+
+    def candidate(self, model: str) -> CandidateRecord | None:
+        """The candidate recorded for ``model`` (ready or failed), if any."""
+        return self._candidate_file(model).load()
+
+    def stage_candidate(self, desired: DesiredModel) -> CandidateRecord | None:
+        """Install ``desired``'s candidate beside the active version; ``current`` and ``previous`` never move.
+
+        The checks of any install run (signatures, identity, compatibility before the download and
+        after publishing, the health check). A candidate that fails one is recorded ``failed``,
+        reported and dropped, and not tried again under the same assignment; the active version
+        serves on. ``None`` while a download that failed in transit waits for the next check-in.
+
+        Raises:
+            OSError: the record cannot be written (a full disk); the running model is untouched.
+        """
+        model = desired.model
+        with self.slots.lock(model):
+            record = self._candidate_file(model).load()
+            if record is not None and record.same_candidate(desired):
+                if record.state == "failed":
+                    return record
+                if self.slots.link(model, CANDIDATE) == record.slot and self.slots.exists(model, record.slot):
+                    return self._keep_candidate(record, desired)
+            outcome = self._stage_candidate(desired)
+            if outcome.event == _E.DOWNLOAD_DEFERRED:
+                logger.warning("%s candidate: %s; trying again at the next check-in", model, outcome.reason)
+                return None
+            passed = outcome.event == _E.HEALTH_PASSED
+            return self._candidate_outcome(
+                CandidateRecord.of(desired, "ready" if passed else "failed", outcome.reason), outcome
+            )
+
+    def fail_candidate(self, model: str, reason: str, code: str) -> CandidateRecord | None:
+        """A ready candidate the application could not run (e.g. it cannot load it beside the active one): drop it."""
+        with self.slots.lock(model):
+            record = self._candidate_file(model).load()
+            if record is None or record.state != "ready":
+                return record
+            failed = record.model_copy(update={"state": "failed", "reason": reason[:2048]})
+            return self._candidate_outcome(failed, _Outcome(_E.INCOMPATIBLE, reason, code))
+
+    def drop_candidate(self, model: str) -> None:
+        """Stop running a candidate beside ``model``'s active version (the experiment ended); idempotent."""
+        with self.slots.lock(model):
+            if self.slots.link(model, CANDIDATE) is None and not self._candidate_file(model).path.exists():
+                return
+            self.slots.point(model, CANDIDATE, None)
+            self._candidate_file(model).remove()
+            self.slots.gc(model)
+            logger.info("%s: candidate dropped", model)
+
+    def _keep_candidate(self, record: CandidateRecord, desired: DesiredModel) -> CandidateRecord:
+        """The staged candidate, its mode and schedule as the server says now."""
+        fresh = CandidateRecord.of(desired, "ready")
+        if fresh != record:
+            self._candidate_file(record.model).save(fresh)
+        return fresh
+
+    def _candidate_outcome(self, record: CandidateRecord, outcome: _Outcome) -> CandidateRecord:
+        """Record, link (or unlink) and report a staged or failed candidate."""
+        model = record.model
+        passed = record.state == "ready"
+        if passed:
+            self.slots.point(model, CANDIDATE, record.slot)
+        else:
+            self.slots.point(model, CANDIDATE, None)
+        self._candidate_file(model).save(record)
+        for suffix in (".mfb", ".partial"):
+            (self.slots.downloads_dir(model) / f"{record.sha256}{suffix}").unlink(missing_ok=True)
+        self.slots.gc(model)
+        kind: EventKind = "installed" if passed else _EVENT_KINDS.get(outcome.event, ("install_failed",))[0]
+        detail: dict[str, str | int | float | bool | None] = {
+            "role": "candidate", "mode": record.mode, "assignment": record.assignment, "code": outcome.code,
+            **outcome.detail,
+        }  # fmt: skip
+        event = Event(
+            id=record.event_id(kind), kind=kind, at=self._clock.now(), model=model, version=record.version,
+            reason=record.reason, detail=detail,
+        )  # fmt: skip
+        if passed:
+            logger.info("%s: candidate %s ready (%s)", model, record.version, record.mode)
+        else:
+            logger.warning("%s: candidate %s failed and is dropped: %s", model, record.version, record.reason)
+        self._emit(event)
+        return record
+
+    def _stage_candidate(self, desired: DesiredModel) -> _Outcome:
+        """Download, verify, publish and health-check the candidate; ``HEALTH_PASSED`` when it may run."""
+        target = _candidate_target(desired)
+        if self.slots.link(target.model, CURRENT) == target.slot:
+            return _Outcome(_E.REFUSED, f"the candidate {target.version} is the active version", "candidate_is_active")
+        if not self.slots.exists(target.model, target.slot):
+            early = self._candidate_header(target) or self._candidate_download(target)
+            if early is not None:
+                return early
+        try:
+            slot, manifest = self._published(target)
+            _check_identity(manifest, target)
+        except (BundleError, OSError) as exc:
+            return _Outcome.of(_E.VERIFY_FAILED, exc)
+        early = self._compatibility(manifest)
+        if early is not None:
+            return early
+        report = check_health(slot.path, manifest, self.config.health)
+        if not report.passed:
+            return _Outcome(_E.HEALTH_FAILED, "; ".join(report.reasons), "health", dict(report.measurements))
+        return _Outcome(_E.HEALTH_PASSED, detail=dict(report.measurements))
+
+    def _candidate_header(self, target: Target) -> _Outcome | None:
+        """Refuse a candidate from its signed header alone, before the payload is downloaded."""
+        try:
+            manifest = self._header(target)
+            _check_identity(manifest, target)
+        except TransportError as exc:
+            return _Outcome.of(_E.DOWNLOAD_DEFERRED, exc)
+        except BundleError as exc:
+            return _Outcome.of(_E.VERIFY_FAILED, exc)
+        return self._compatibility(manifest)
+
+    def _candidate_download(self, target: Target) -> _Outcome | None:
+        """Download the candidate in full (a delta applies to what runs, not to a version beside it)."""
+        try:
+            self._downloader.fetch(
+                target.url, self.slots.downloads_dir(target.model), sha256=target.sha256, size=target.size
+            )
+        except TransportError as exc:
+            return _Outcome.of(_E.DOWNLOAD_DEFERRED, exc)
+        except BadDataError as exc:
+            return _Outcome.of(_E.DOWNLOAD_FAILED, exc)
+        return None
+
+    def _published(self, target: Target) -> tuple[Slot, Manifest]:
+        """The candidate's version, published from its download or verified again where it exists."""
+        slot = self.slots.slot(target.model, target.slot)
+        if slot.path.is_dir():
+            return slot, self.slots.verify(slot, self.config.trusted)
+        bundle = self.slots.downloads_dir(target.model) / f"{target.sha256}.mfb"
+        published = self.slots.publish(
+            target.model, bundle, self.config.trusted, version=target.version, sha256=target.sha256
+        )
+        return published, published.manifest()
+
+    def _candidate_file(self, model: str) -> CandidateFile:
+        return CandidateFile(self.slots.model_dir(model) / CANDIDATE_FILE)
 
     # ------------------------------------------------------------ driving
 
@@ -699,6 +848,18 @@ def _target(desired: DesiredModel, nonce: str | None) -> Target:
 def _identity(target: Target) -> tuple[str, str, str]:
     """What makes two assignments the same install (the URL may change between check-ins)."""
     return target.version, target.sha256, target.assignment
+
+
+def _candidate_target(desired: DesiredModel) -> Target:
+    """The candidate of a shadow or time-slice assignment as an install target (never switched to)."""
+    candidate = desired.candidate
+    if candidate is None:
+        msg = f"{desired.model} {desired.version} has no candidate"
+        raise RuntimeError(msg)
+    return Target(
+        model=desired.model, version=candidate.version, release=candidate.release, sha256=candidate.artifact.sha256,
+        size=candidate.artifact.size, url=candidate.artifact.url, assignment=assignment_of(desired),
+    )  # fmt: skip
 
 
 def _require_target(journal: Journal) -> Target:

@@ -32,6 +32,7 @@ from modelfleet.agent._worker import FailureKind, InferenceWorker, WorkerEventKi
 from modelfleet.bundle import Manifest
 from modelfleet.clock import Clock, SystemClock
 from modelfleet.errors import IncompatibleError, ModelfleetError
+from modelfleet.protocol import TimeSlice
 from modelfleet.telemetry import Event, Role, ShadowComparison, Summarizer, Summary, feature_values
 
 __all__ = ["FailureKind", "InferenceObserver", "InstalledVersion", "Mode", "Prediction", "Predictor"]
@@ -181,6 +182,9 @@ class Predictor:
         model_path: its model file.
         previous: the version before it, loaded to answer when the active one fails.
         candidate: the version under test, for the ``shadow`` and ``time_slice`` modes.
+        time_slice: the schedule a time-slice experiment gives this device (from the agent's
+            :meth:`~modelfleet.agent.Agent.serving`); without it slots of ``config.time_slice_seconds``
+            alternate by :func:`time_slice_choice`.
         mode: ``active`` (one model answers), ``shadow`` (the candidate also runs on every input, off the
             caller's path, and only the active answer is returned), or ``time_slice`` (the active and the
             candidate answer in alternating slots of ``config.time_slice_seconds``).
@@ -206,6 +210,7 @@ class Predictor:
         previous: InstalledVersion | None = None,
         candidate: InstalledVersion | None = None,
         mode: Mode = "active",
+        time_slice: TimeSlice | None = None,
         device_id: str = "device",
         config: RuntimeConfig | None = None,
         clock: Clock | None = None,
@@ -217,6 +222,7 @@ class Predictor:
             if other is not None:
                 check_same_contract(manifest, other.manifest, role)
         self.mode = mode
+        self._time_slice = time_slice
         self._config = config or RuntimeConfig()
         self._clock = clock or SystemClock()
         self._device_id = device_id
@@ -352,6 +358,8 @@ class Predictor:
         """The version that answers now: the active one, or the time-slice schedule's pick."""
         if self.mode != "time_slice" or self._candidate is None:
             return self._active
+        if self._time_slice is not None:
+            return (self._active, self._candidate)[self._time_slice.version_at(self._clock.now())]
         slot = int(self._clock.now().timestamp() // self._config.time_slice_seconds)
         return (self._active, self._candidate)[time_slice_choice(self._device_id, slot, 2)]
 

@@ -5,6 +5,7 @@ Layout under the agent's root (DESIGN §4, RAUC's artifact repositories)::
     models/<name>/versions/<version>-<sha256[:12]>/   payload + manifest.json + manifest.sig, 0444/0555
     models/<name>/current  -> versions/<slot>        what the Predictor loads
     models/<name>/previous -> versions/<slot>        what a rollback restores
+    models/<name>/candidate -> versions/<slot>       a shadow or time-slice candidate (never current)
     models/<name>/downloads/                         bundles being fetched
     models/<name>/journal.json                       the install journal
 
@@ -40,6 +41,7 @@ from modelfleet.config import BundleLimits
 from modelfleet.errors import BundleFormatError, HashMismatchError, ManifestError, NotFoundError
 
 __all__ = [
+    "CANDIDATE",
     "CURRENT",
     "DOWNLOADS",
     "MANIFEST_FILE",
@@ -60,6 +62,7 @@ VERSIONS = "versions"
 DOWNLOADS = "downloads"
 CURRENT = "current"
 PREVIOUS = "previous"
+CANDIDATE = "candidate"
 MANIFEST_FILE = "manifest.json"
 SIGNATURE_FILE = "manifest.sig"
 _FILE_MODE = 0o444
@@ -195,7 +198,7 @@ class SlotStore:
         return [Slot(model, p.name, p) for p in entries]
 
     def link(self, model: str, which: str) -> str | None:
-        """The slot name ``current`` or ``previous`` points at; ``None`` when unset."""
+        """The slot name ``current``, ``previous`` or ``candidate`` points at; ``None`` when unset."""
         try:
             target = (self.model_dir(model) / which).readlink()
         except FileNotFoundError:
@@ -305,6 +308,10 @@ class SlotStore:
         self._checkpoint(CrashPoint.MID_ROLLBACK)
         self._point(model, PREVIOUS, previous)
 
+    def point(self, model: str, link: str, name: str | None) -> None:
+        """Atomically point ``link`` (``candidate``) at version ``name``, or remove it for ``None``; idempotent."""
+        self._point(model, link, name)
+
     def _point(self, model: str, link: str, name: str | None) -> None:
         """Atomically point ``link`` at version ``name`` (temp symlink + ``os.replace``)."""
         directory = self.model_dir(model)
@@ -379,8 +386,8 @@ class SlotStore:
     # ------------------------------------------------------------ cleaning
 
     def gc(self, model: str, protect: Collection[str] = ()) -> list[str]:
-        """Remove versions beyond :attr:`keep`, oldest first; never current, previous, protected or open ones."""
-        keep = {self.link(model, CURRENT), self.link(model, PREVIOUS), *protect} - {None}
+        """Remove versions beyond :attr:`keep`, oldest first; never a linked, protected or open one."""
+        keep = {self.link(model, CURRENT), self.link(model, PREVIOUS), self.link(model, CANDIDATE), *protect} - {None}
         slots = self.versions(model)
         room = max(self.keep - sum(1 for s in slots if s.name in keep), 0)
         candidates = [s for s in slots if s.name not in keep][room:]

@@ -1,4 +1,4 @@
-"""``modelfleet experiment plan|start|status|stop|promote``: A/B experiments between model versions."""
+"""``modelfleet experiment plan|start|status|stop|promote``: A/B, shadow and time-slice experiments."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ from modelfleet.rollout import ExperimentSpec, validation_problems
 
 __all__ = ["experiment_app"]
 
-experiment_app = typer.Typer(help="A/B experiments between model versions, analysed per device.", no_args_is_help=True)
+experiment_app = typer.Typer(
+    help="A/B, shadow and time-slice experiments between model versions, analysed per device.", no_args_is_help=True
+)
 _SPEC = typer.Argument(..., exists=True, dir_okay=False, help="Experiment spec (YAML or JSON).")
 _ID = typer.Argument(..., help="Experiment id (ex-...).")
 
@@ -43,7 +45,7 @@ def load_experiment(path: Path) -> ExperimentSpec:
 
 
 def status_view(experiment: dict[str, Any]) -> Group:
-    """Per variant: devices, lift and interval per metric, always-valid p-values, the verdict."""
+    """Per variant: devices, lift and interval per metric, always-valid p-values, the verdict; a shadow's agreement."""
     analysis = experiment.get("analysis") or {}
     head = Text.from_markup(
         f"[bold]{experiment['id']}[/] {experiment['model']} ({experiment['kind']}): [bold]{experiment['state']}[/]"
@@ -60,7 +62,26 @@ def status_view(experiment: dict[str, Any]) -> Group:
             _fmt(lift["adjusted_p_value"], 2), verdict,
         )  # fmt: skip
     devices = analysis.get("devices") or []
-    return Group(head, Text(f"devices per arm: {devices}"), table)
+    lines: list[Text | Table] = [head, Text(f"devices per arm: {devices}"), table]
+    shadow = analysis.get("shadow")
+    if shadow:
+        agreement, confidence = shadow["agreement"], shadow["confidence_difference"]
+        lines.append(
+            Text(
+                f"agreement {_fmt(agreement['estimate'])} [{_fmt(agreement['lower'])}, {_fmt(agreement['upper'])}]"
+                f" over {agreement['devices']} devices; confidence difference {_fmt(confidence['estimate'])}"
+                f" [{_fmt(confidence['lower'])}, {_fmt(confidence['upper'])}]; latency active"
+                f" {_fmt(shadow['active_latency_ms'])} ms, candidate {_fmt(shadow['candidate_latency_ms'])} ms;"
+                f" only active right {shadow['discordant']['only_active_correct']},"
+                f" only candidate right {shadow['discordant']['only_candidate_correct']}"
+            )
+        )
+    if analysis.get("time_slice"):
+        schedule = analysis["time_slice"]
+        lines.append(
+            Text(f"time slice: {schedule['slots_per_device']} slots of {schedule['slot_seconds']} s per device")
+        )
+    return Group(*lines)
 
 
 @experiment_app.command("plan")

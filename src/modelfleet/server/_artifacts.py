@@ -19,6 +19,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from sqlalchemy import Connection
 
 from modelfleet.errors import NotFoundError
+from modelfleet.protocol import DesiredModel
 from modelfleet.server._errors import ApiError
 from modelfleet.server._state import ServerState
 from modelfleet.store import DeviceRecord, bundles_by_sha256, delta_by_sha256
@@ -52,7 +53,13 @@ def artifact_path(state: ServerState, device: DeviceRecord, sha256: str) -> Path
 def _desired(state: ServerState, connection: Connection, device: DeviceRecord, sha256: str) -> bool:
     """Does the device's desired state link to this blob (as its bundle or its delta)."""
     desired = state.resolver(connection, device, state.config.public_url)
-    return any(sha256 in {d.artifact.sha256, d.delta.sha256 if d.delta else None} for d in desired)
+    return any(sha256 in _links(d) for d in desired)
+
+
+def _links(desired: DesiredModel) -> set[str | None]:
+    """The blobs one desired model links to: its bundle, its delta, a shadow or time-slice candidate."""
+    candidate, delta = desired.candidate, desired.delta
+    return {desired.artifact.sha256, delta.sha256 if delta else None, candidate.artifact.sha256 if candidate else None}
 
 
 def _installed(device: DeviceRecord, versions: set[tuple[str, str]]) -> bool:

@@ -215,6 +215,25 @@ def test_inputs_that_break_the_contract_are_refused_before_inference(make, case)
     assert predictor.drain_events() == []
 
 
+@pytest.mark.parametrize("case", list(refused_inputs()))
+def test_inputs_that_break_the_contract_are_refused_after_good_calls_too(make, case):
+    # Accepted (names, dtypes, shapes) are remembered so the check runs once per layout: nothing else may pass.
+    inputs, error, message = refused_inputs()[case]
+    predictor = make("1.0.0", config=RuntimeConfig(timeout_s=1.0, isolation="inline"))
+    good = np.zeros((1, 64), np.float32)
+    predictor.predict({"X": good})
+    predictor.predict(good)
+
+    with pytest.raises(error, match=message):
+        predictor.predict(inputs)
+
+    assert counted(predictor) == 2
+
+
+def counted(predictor):
+    return sum(summary.n for summary in predictor.flush(final=True))
+
+
 REFUSED_LABELS = {"too many": [1, 2], "not integers": [0.5], "nested wrongly": [[1, 2]]}
 
 

@@ -34,12 +34,15 @@ _MIN_TICK_S = 0.005
 
 
 class _Watchdog:
-    """Sets the terminate flag of every run that passed its deadline; one daemon thread per worker."""
+    """Sets the terminate flag of every run that passed its deadline; one daemon thread per worker.
+
+    Runs are registered without a lock: a single dict store or pop, ``next`` on a counter and a
+    ``list`` of the dict's values are each atomic in CPython, and this sits on every inference.
+    """
 
     def __init__(self, tick_s: float, name: str) -> None:
         self._runs: dict[int, tuple[float, ort.RunOptions]] = {}
         self._numbers = itertools.count()
-        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._tick = max(tick_s, _MIN_TICK_S)
         self._thread = threading.Thread(target=self._watch, name=f"modelfleet-{name}-watchdog", daemon=True)
@@ -47,13 +50,11 @@ class _Watchdog:
 
     def begin(self, options: ort.RunOptions, bound_s: float) -> int:
         number = next(self._numbers)
-        with self._lock:
-            self._runs[number] = (time.monotonic() + bound_s, options)
+        self._runs[number] = (time.monotonic() + bound_s, options)
         return number
 
     def end(self, number: int) -> None:
-        with self._lock:
-            self._runs.pop(number, None)
+        self._runs.pop(number, None)
 
     def close(self) -> None:
         self._stop.set()
@@ -62,8 +63,7 @@ class _Watchdog:
     def _watch(self) -> None:
         while not self._stop.wait(self._tick):
             now = time.monotonic()
-            with self._lock:
-                late = [options for deadline, options in self._runs.values() if deadline <= now]
+            late = [options for deadline, options in list(self._runs.values()) if deadline <= now]
             for options in late:
                 options.terminate = True
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, NamedTuple, Self
+from typing import Any, Literal, NamedTuple, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -33,7 +33,7 @@ from modelfleet.bundle import Manifest
 from modelfleet.clock import Clock, SystemClock
 from modelfleet.errors import IncompatibleError, ModelfleetError
 from modelfleet.protocol import TimeSlice
-from modelfleet.telemetry import Event, Role, ShadowComparison, Summarizer, Summary, feature_values
+from modelfleet.telemetry import Event, Role, ShadowComparison, Summarizer, Summary, SummaryLayout, feature_values
 
 __all__ = ["FailureKind", "InferenceObserver", "InstalledVersion", "Mode", "Prediction", "Predictor"]
 
@@ -43,6 +43,9 @@ InferenceObserver = Callable[[str, str, bool], None]
 Mode = Literal["active", "shadow", "time_slice"]
 _TIMEOUTS: frozenset[FailureKind] = frozenset({"timeout", "queue_timeout"})  # the rest count as errors
 _CLOSE_S = 5.0
+_MAX_SIGNATURES = 32  # input (names, dtypes, shapes) remembered as accepted; beyond it the memory starts over
+Signature = tuple[tuple[object, np.dtype[np.generic], tuple[int, ...]], ...]
+_BARE = object()  # the name of a bare array in a signature: no mapping key can equal it
 
 
 class InstalledVersion(NamedTuple):
@@ -115,7 +118,7 @@ class _Version:
 
     def observe(
         self,
-        features: npt.NDArray[np.float64] | None,
+        features: npt.NDArray[np.floating[Any]] | None,
         run: _Run,
         labels: npt.NDArray[np.int64] | None,
         *,
@@ -240,6 +243,8 @@ class Predictor:
             raise
         self._shadow = self._shadow_runner()
         self._observer: InferenceObserver | None = None
+        self._accepted: dict[Signature, int] = {}
+        self._direct_features = _direct_features(self._active.layout, self._shadow is None)
 
     # ------------------------------------------------------------------ public
 
@@ -273,13 +278,13 @@ class Predictor:
             ModelfleetError: ``no_fallback`` when inference failed and neither a previous version nor the
                 bundle's ``fallback_class`` can answer (the failure is still counted and recorded).
         """
-        feeds, rows = check_inputs(self._active.manifest.contract.inputs, self._active.layout, inputs)
+        feeds, rows = self._checked(inputs)
         labels = _labels(label, rows)
         serving = self._serving()
         run = serving.run(feeds, rows, self._config.timeout_s)
         if self._observer is not None:
             self._observer(serving.manifest.name, serving.version, run.scores is None)
-        features = feature_values(feeds, self._active.layout.input_order) if self._config.telemetry else None
+        features = self._features(feeds) if self._config.telemetry else None
         if run.scores is None:
             serving.observe(features, run, labels, fallback=True)
             return self._fallback(feeds, rows, serving, run)
@@ -287,7 +292,7 @@ class Predictor:
         if self._shadow is not None:
             comparison = ShadowComparison(predicted=run.scores.top1, confidence=run.scores.confidence)
             copies = {name: np.array(array, copy=True) for name, array in feeds.items()}
-            self._shadow.submit(ShadowJob(copies, rows, features, comparison, labels))
+            self._shadow.submit(ShadowJob(copies, rows, _as_float64(features), comparison, labels))
         return Prediction(run.outputs, run.scores.top1, run.scores.confidence, serving.version)
 
     def flush(self, now: datetime | None = None, *, final: bool = False) -> list[Summary]:
@@ -333,6 +338,29 @@ class Predictor:
         self.close()
 
     # ------------------------------------------------------------------ internals
+
+    def _checked(self, inputs: Mapping[str, Array] | Array) -> tuple[dict[str, Array], int]:
+        """The inputs by name and their row count; the contract is checked once per (names, dtypes, shapes)."""
+        signature = _signature(inputs)
+        rows = self._accepted.get(signature) if signature is not None else None
+        if rows is None:
+            feeds, rows = check_inputs(self._active.manifest.contract.inputs, self._active.layout, inputs)
+            if signature is not None:
+                if len(self._accepted) >= _MAX_SIGNATURES:
+                    self._accepted.clear()
+                self._accepted[signature] = rows
+            return feeds, rows
+        if isinstance(inputs, np.ndarray):
+            return {self._active.manifest.contract.inputs[0].name: inputs}, rows
+        return inputs if type(inputs) is dict else dict(inputs), rows
+
+    def _features(self, feeds: Mapping[str, Array]) -> npt.NDArray[np.floating[Any]]:
+        """The call's telemetry features: a single float table input as it is (the summarizer converts exactly)."""
+        if self._direct_features is not None:
+            array = feeds[self._direct_features]
+            if array.ndim == 2 and array.dtype.kind == "f":  # noqa: PLR2004 - a [rows, features] table
+                return array
+        return feature_values(feeds, self._active.layout.input_order)
 
     def _load(self, installed: InstalledVersion, role: Role | None, context: _Context) -> _Version:
         version = _Version(installed, role, context)
@@ -410,6 +438,27 @@ def _check_mode(mode: Mode, manifest: Manifest, candidate: InstalledVersion | No
     ):
         msg = f"the candidate is the active version {manifest.version}"
         raise ValueError(msg)
+
+
+def _signature(inputs: Mapping[str, Array] | Array) -> Signature | None:
+    """What the contract check depends on: names, dtypes and shapes (``None`` when something is not an array)."""
+    if isinstance(inputs, np.ndarray):
+        return ((_BARE, inputs.dtype, inputs.shape),)
+    if not isinstance(inputs, Mapping) or not all(isinstance(array, np.ndarray) for array in inputs.values()):
+        return None
+    return tuple((name, array.dtype, array.shape) for name, array in inputs.items())
+
+
+def _as_float64(features: npt.NDArray[np.floating[Any]] | None) -> npt.NDArray[np.float64] | None:
+    """Features as float64 (they already are whenever a shadow job keeps them: no copy then)."""
+    return None if features is None else np.asarray(features, dtype=np.float64)
+
+
+def _direct_features(layout: SummaryLayout, unshared: bool) -> str | None:
+    """The one input whose array can serve as its features, when the features are not kept past the call."""
+    if not unshared or len(layout.input_features) != 1:
+        return None
+    return layout.input_features[0][0]
 
 
 def _active_role(mode: Mode) -> Role:

@@ -156,7 +156,7 @@ class OnnxRuntime:
         if self._session is None:
             msg = "OnnxRuntime.run called before load"
             raise RuntimeError(msg)
-        results = self._session.run(self._outputs, dict(inputs), options)
+        results = self._session.run(self._outputs, inputs if type(inputs) is dict else dict(inputs), options)
         return {name: np.asarray(value) for name, value in zip(self._outputs, results, strict=True)}
 
     def close(self) -> None:

@@ -119,7 +119,7 @@ class _FeatureBins:
         self.count = len(edges)
         self.size = int(sum(self._bins))
 
-    def flat(self, features: npt.NDArray[np.float64]) -> npt.NDArray[np.intp]:
+    def flat(self, features: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.intp]:
         """Flat count index of every (row, feature); NaN counts in the feature's first bin."""
         at_or_below: npt.NDArray[np.intp] = np.add.reduce(self._edges <= features[:, None, :], axis=1, dtype=np.intp)
         np.maximum(at_or_below, 1, out=at_or_below)
@@ -135,6 +135,7 @@ class _FeatureBins:
 Increment = int | Counts
 """One row's bin index, or a whole batch's counts per bin."""
 
+_ONE = (1,)
 _RowScore = tuple[float, int, int, int]
 """One answered row: confidence, predicted class, labelled (0/1), correct (0/1)."""
 
@@ -362,12 +363,13 @@ class Summarizer:
         self._windows: dict[int, _Window] = {}
         self._current: _Window | None = None
         self._pending = _Pending(self._features, self._confidence_edges)
+        self._row_shape = (1, self._features.count)
         self._sequence = 0
         self._lock = threading.Lock()
 
     def observe(
         self,
-        features_per_row: npt.NDArray[np.float64],
+        features_per_row: npt.NDArray[np.floating[Any]],
         confidence: npt.NDArray[np.floating[Any]] | None,
         predicted: npt.NDArray[np.integer[Any]] | None,
         latency_ms: float | npt.NDArray[np.floating[Any]],
@@ -394,6 +396,16 @@ class Summarizer:
         Raises:
             ValueError: shapes or values that cannot be counted (nothing is counted then).
         """
+        if (
+            labels is None
+            and shadow is None
+            and not (error or timeout)
+            and confidence is not None
+            and predicted is not None
+            and features_per_row.shape == self._row_shape
+            and self._answered_row(features_per_row[0], confidence, predicted, latency_ms, fallback=fallback)
+        ):
+            return
         if error and timeout:
             msg = "an inference either failed or timed out, not both (errors + timeouts must not exceed n)"
             raise ValueError(msg)
@@ -435,6 +447,38 @@ class Summarizer:
             return [self._summary(window) for window in closing]
 
     # ------------------------------------------------------------------ internals
+
+    def _answered_row(
+        self,
+        features: npt.NDArray[Any],
+        confidence: npt.NDArray[np.floating[Any]],
+        predicted: npt.NDArray[np.integer[Any]],
+        latency_ms: float | npt.NDArray[np.floating[Any]],
+        *,
+        fallback: bool,
+    ) -> bool:
+        """Count the common call (one answered, unlabelled row) with as few steps as it can; ``False``: not it.
+
+        Anything it does not take (other shapes, values out of range) goes the checked way, which names the error.
+        """
+        if confidence.shape != _ONE or predicted.shape != _ONE or isinstance(latency_ms, np.ndarray):
+            return False
+        value, top1, latency = float(confidence[0]), int(predicted[0]), float(latency_ms)
+        if not (0.0 <= value <= 1.0 and 0 <= top1 < self.layout.n_classes and 0.0 <= latency < math.inf):
+            return False
+        with self._lock:
+            window = self._window(self._clock.now().timestamp())
+            pending = self._pending
+            if pending.window is not window:
+                pending.drain()
+                pending.window = window
+            window.n += 1
+            window.fallbacks += fallback
+            window.latency_sum += latency
+            window.confidence_sum += value
+            window.confidence_sum_sq += value * value
+            pending.add(features, latency, (value, top1))
+        return True
 
     def _observe_row(
         self,
@@ -565,7 +609,7 @@ class Summarizer:
 
     def _check(
         self,
-        features: npt.NDArray[np.float64],
+        features: npt.NDArray[np.floating[Any]],
         latency_ms: float | npt.NDArray[np.floating[Any]],
         labels: Labels,
         shadow: ShadowComparison | None,

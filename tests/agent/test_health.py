@@ -164,6 +164,51 @@ def test_live_watch_verdicts(name):
     assert watch.verdict() == verdict
 
 
+# inferences, max errors, minimum by the deadline, observed, seconds since the trial began -> verdict
+LIVE_DEADLINE = {
+    "before the deadline: pending": (5, 0, 2, [False, False], 59.0, LiveVerdict.PENDING),
+    "at the deadline with the minimum: passed": (5, 0, 2, [False, False], 60.0, LiveVerdict.PASSED),
+    "at the deadline below the minimum: failed": (5, 0, 2, [False], 60.0, LiveVerdict.FAILED),
+    "a quiet device with no minimum: passed": (5, 0, 0, [], 61.0, LiveVerdict.PASSED),
+    "errors beyond the allowance fail before it": (5, 0, 0, [True], 1.0, LiveVerdict.FAILED),
+    "errors beyond the allowance fail at it too": (5, 1, 0, [True, True], 90.0, LiveVerdict.FAILED),
+    "all seen before it: passed": (2, 0, 2, [False, False], 1.0, LiveVerdict.PASSED),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LIVE_DEADLINE))
+def test_live_watch_ends_at_its_deadline(name):
+    inferences, max_errors, minimum, observed, elapsed, verdict = LIVE_DEADLINE[name]
+    watch = LiveWatch(inferences, max_errors, deadline_s=60.0, min_inferences=minimum)
+    for error in observed:
+        watch.observe_live(error)
+
+    assert watch.verdict(elapsed) == verdict
+
+
+def test_a_trial_failed_by_its_deadline_says_so():
+    watch = LiveWatch(10, deadline_s=30.0, min_inferences=3)
+    watch.observe_live(error=False)
+
+    assert watch.verdict(31.0) == LiveVerdict.FAILED
+    assert watch.expired
+    assert watch.reason.startswith("the live trial reached its deadline of 30 s with 1 of 10 inferences")
+
+
+BAD_LIVE_POLICIES = {
+    "no deadline": {"live_inferences": 3, "live_deadline_s": float("inf")},
+    "a zero deadline": {"live_inferences": 3, "live_deadline_s": 0.0},
+    "a minimum above the watched": {"live_inferences": 3, "min_live_inferences": 4},
+    "a negative minimum": {"live_inferences": 3, "min_live_inferences": -1},
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_LIVE_POLICIES))
+def test_a_live_trial_without_a_sound_bound_is_refused(name):
+    with pytest.raises(ConfigError, match="health policy out of range"):
+        HealthPolicy(**BAD_LIVE_POLICIES[name])
+
+
 def test_live_watch_counts_from_many_threads_exactly():
     watch = LiveWatch(5000, max_errors=5000)
     threads = [threading.Thread(target=lambda: [watch.observe_live(error=True) for _ in range(1000)]) for _ in range(8)]

@@ -9,7 +9,7 @@ import random
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -218,6 +218,51 @@ def test_live_inferences_without_errors_commit(root_v1, kit, sink):
 
     assert journal.state == UpdateState.COMMITTED
     assert sink.kinds() == ["installed", "health_passed", "committed"]
+
+
+def test_a_quiet_trial_commits_at_its_deadline_with_what_it_saw(root_v1, kit, sink):
+    clock = ManualClock(datetime(2026, 12, 7, 12, 0, tzinfo=UTC))
+    health = HealthPolicy(latency_runs=3, live_inferences=100, live_deadline_s=600.0, min_live_inferences=1)
+    with agent_on(root_v1, kit, sink, health=health, clock=clock) as agent:
+        agent.assign(kit.desired(kit.bundles.v2))
+        agent.observe_live(MODEL, error=False)
+        clock.advance(599.0)
+        agent.settle_trials()
+        assert agent.journal(MODEL).state == UpdateState.TRIAL
+        clock.advance(1.0)
+        agent.settle_trials()
+
+    assert agent.journal(MODEL).state == UpdateState.COMMITTED
+    assert current(root_v1) == kit.bundles.v2.slot
+    assert sink.of("committed").detail["live_deadline_reached"] is True
+
+
+def test_a_trial_that_saw_too_few_inferences_by_its_deadline_rolls_back(root_v1, kit, sink):
+    clock = ManualClock(datetime(2026, 12, 7, 12, 0, tzinfo=UTC))
+    health = HealthPolicy(latency_runs=3, live_inferences=100, live_deadline_s=600.0, min_live_inferences=5)
+    with agent_on(root_v1, kit, sink, health=health, clock=clock) as agent:
+        agent.assign(kit.desired(kit.bundles.v2))
+        agent.observe_live(MODEL, error=False)
+        clock.advance(600.0)
+        agent.settle_trials()
+
+    assert agent.journal(MODEL).state == UpdateState.ROLLED_BACK
+    assert current(root_v1) == kit.bundles.v1.slot
+    assert "reached its deadline of 600 s with 1 of 100" in (sink.of("rolled_back").reason or "")
+
+
+def test_a_restart_does_not_start_the_trial_deadline_over(root_v1, kit, sink):
+    # Events never go back in time, so the trial's journaled start is no earlier than the fixture's real install.
+    clock = ManualClock(datetime.now(UTC) + timedelta(minutes=1))
+    health = HealthPolicy(latency_runs=3, live_inferences=100, live_deadline_s=600.0)
+    with agent_on(root_v1, kit, sink, health=health, clock=clock) as agent:
+        agent.assign(kit.desired(kit.bundles.v2))
+    clock.advance(600.0)
+    with agent_on(root_v1, kit, sink, health=health, clock=clock) as restarted:
+        restarted.resume()
+        restarted.settle_trials()
+
+        assert restarted.journal(MODEL).state == UpdateState.COMMITTED
 
 
 # ------------------------------------------------------------------ anti-rollback

@@ -386,6 +386,7 @@ class Agent:
                 self.installer.resume()  # finish installs a crash interrupted, re-queue their events
                 self._resumed = True
             self._collect()
+            self.installer.settle_trials()  # a trial's deadline and verdicts do not wait for the server
             if self.client.credential is None and not self._enroll():
                 return self._done(ok=True)  # pending an admin's approval: ask again next poll
             self._checkin()

@@ -6,12 +6,16 @@ memory against the manifest's budgets. Peak memory is read from ``/proc/self/sta
 (``VmHWM``) after resetting the high-water mark through ``/proc/self/clear_refs``;
 where the reset is refused the check samples ``VmRSS`` instead and says so in the
 measurements. :class:`LiveWatch` then judges the first N live inferences, counted by
-whoever runs them (the Predictor calls :meth:`LiveWatch.observe_live`).
+whoever runs them (the Predictor calls :meth:`LiveWatch.observe_live`), within a
+deadline: a device that serves few calls ends its trial on time, committing when the
+inferences it saw were within the error allowance and at least the configured
+minimum, rolling back otherwise (ADR 0005, addendum).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import statistics
 import threading
 import time
@@ -46,15 +50,22 @@ class HealthPolicy:
         threads: ONNX Runtime intra-op threads (small: the device is busy with the old model).
         live_inferences: live inferences to watch after the checks pass (0: commit at once).
         max_live_errors: errors among them that are still a pass.
+        live_deadline_s: longest the live trial lasts, from the passed checks (restarts included); then it ends
+            with the inferences seen so far.
+        min_live_inferences: inferences the trial must have seen by its deadline to commit; fewer roll back.
     """
 
     latency_runs: int = 5
     threads: int = 1
     live_inferences: int = 0
     max_live_errors: int = 0
+    live_deadline_s: float = 3600.0
+    min_live_inferences: int = 0
 
     def __post_init__(self) -> None:
-        if self.latency_runs < 1 or self.threads < 1 or self.live_inferences < 0 or self.max_live_errors < 0:
+        counts = (self.latency_runs >= 1, self.threads >= 1, self.live_inferences >= 0, self.max_live_errors >= 0)
+        minimum = 0 <= self.min_live_inferences <= self.live_inferences
+        if not all(counts) or not minimum or not (0 < self.live_deadline_s < math.inf):
             msg = f"health policy out of range: {self}"
             raise ConfigError(msg, code="bad_setting")
 
@@ -211,17 +222,34 @@ class LiveVerdict(StrEnum):
 class LiveWatch:
     """Counts the first ``inferences`` live inferences after a switch; thread-safe.
 
-    Fails as soon as more than ``max_errors`` of them failed, passes once all were seen.
+    Fails as soon as more than ``max_errors`` of them failed, passes once all were seen. At
+    ``deadline_s`` after the trial began it ends with what it saw: passed with at least
+    ``min_inferences``, failed with fewer. ``began`` is kept for the owner, who measures the time.
     """
 
-    def __init__(self, inferences: int, max_errors: int = 0) -> None:
-        if inferences < 0 or max_errors < 0:
-            msg = f"need inferences >= 0 and max_errors >= 0, got {inferences}, {max_errors}"
+    def __init__(
+        self,
+        inferences: int,
+        max_errors: int = 0,
+        *,
+        deadline_s: float = math.inf,
+        min_inferences: int = 0,
+        began: float = 0.0,
+    ) -> None:
+        if inferences < 0 or max_errors < 0 or not 0 <= min_inferences <= inferences or not deadline_s > 0:
+            msg = (
+                f"need inferences >= 0, max_errors >= 0, 0 <= min_inferences <= inferences and deadline_s > 0, "
+                f"got {inferences}, {max_errors}, {min_inferences}, {deadline_s}"
+            )
             raise ValueError(msg)
         self.inferences = inferences
         self.max_errors = max_errors
+        self.deadline_s = deadline_s
+        self.min_inferences = min_inferences
+        self.began = began  # when the trial began on its owner's monotonic clock
         self._seen = 0
         self._errors = 0
+        self._expired = False
         self._lock = threading.Lock()
 
     def observe_live(self, error: bool) -> None:
@@ -231,18 +259,45 @@ class LiveWatch:
                 self._seen += 1
                 self._errors += int(error)
 
-    def verdict(self) -> LiveVerdict:
-        """Failed on too many errors, passed when all were seen, pending before."""
+    def verdict(self, elapsed_s: float = 0.0) -> LiveVerdict:
+        """Failed on too many errors, passed when all were seen; at the deadline, by the minimum; pending before.
+
+        Args:
+            elapsed_s: seconds since the trial began.
+        """
         with self._lock:
             if self._errors > self.max_errors:
                 return LiveVerdict.FAILED
-            return LiveVerdict.PASSED if self._seen >= self.inferences else LiveVerdict.PENDING
+            if self._seen >= self.inferences:
+                return LiveVerdict.PASSED
+            if elapsed_s < self.deadline_s:
+                return LiveVerdict.PENDING
+            self._expired = True
+            return LiveVerdict.PASSED if self._seen >= self.min_inferences else LiveVerdict.FAILED
+
+    @property
+    def seen(self) -> int:
+        """Live inferences counted so far."""
+        with self._lock:
+            return self._seen
+
+    @property
+    def expired(self) -> bool:
+        """Whether the verdict came from the deadline rather than from the inferences."""
+        with self._lock:
+            return self._expired
 
     @property
     def reason(self) -> str:
         """The counts, in words."""
         with self._lock:
-            return (
+            counts = (
                 f"{self._errors} of the first {self._seen} live inferences failed "
                 f"(at most {self.max_errors} of {self.inferences} allowed)"
+            )
+            if not self._expired:
+                return counts
+            return (
+                f"the live trial reached its deadline of {self.deadline_s:g} s with {self._seen} of "
+                f"{self.inferences} inferences (at least {self.min_inferences} needed); {counts}"
             )

@@ -278,6 +278,12 @@ class Installer:
         with self.slots.lock(model):
             return self._drive(self.journal(model))
 
+    def settle_trials(self) -> None:
+        """Drive every live trial on, so one ends at its deadline (or on a verdict) even while the server is away."""
+        for model in self.slots.models():
+            if self.journal(model).state == _S.TRIAL:
+                self.run(model)
+
     def observe_live(self, model: str, error: bool, *, version: str | None = None) -> bool:
         """Count one live inference of ``model`` while its new version is on trial (thread-safe).
 
@@ -710,13 +716,22 @@ class Installer:
         if not any(event.kind == "health_passed" for event in journal.events):
             return self._health(journal, target)
         watch = self._live.setdefault(target.model, (target.version, self._new_watch()))[1]
-        verdict = watch.verdict()
+        verdict = watch.verdict(self._trial_elapsed_s(journal, watch))
         if verdict == LiveVerdict.PENDING:
             return None
         if verdict == LiveVerdict.FAILED:
-            return _Outcome(_E.HEALTH_FAILED, watch.reason, "live_errors")
+            return _Outcome(_E.HEALTH_FAILED, watch.reason, "live_too_few" if watch.expired else "live_errors")
         self._live.pop(target.model, None)
-        return self._commit_outcome({"live_inferences": watch.inferences})
+        return self._commit_outcome({"live_inferences": watch.seen, "live_deadline_reached": watch.expired})
+
+    def _trial_elapsed_s(self, journal: Journal, watch: LiveWatch) -> float:
+        """Seconds on trial: by the journaled pass (a restart does not start over) or this run's monotonic clock.
+
+        The larger of the two, so a wall clock set back (a device without a real-time clock) cannot hold a
+        trial open, and a restart cannot either.
+        """
+        passed = next(event.at for event in journal.events if event.kind == "health_passed")
+        return max((self._clock.now() - passed).total_seconds(), self._clock.monotonic() - watch.began)
 
     def _health(self, journal: Journal, target: Target) -> _Outcome | None:
         slot = self.slots.slot(target.model, target.slot)
@@ -735,7 +750,14 @@ class Installer:
         return None
 
     def _new_watch(self) -> LiveWatch:
-        return LiveWatch(self.config.health.live_inferences, self.config.health.max_live_errors)
+        health = self.config.health
+        return LiveWatch(
+            health.live_inferences,
+            health.max_live_errors,
+            deadline_s=health.live_deadline_s,
+            min_inferences=health.min_live_inferences,
+            began=self._clock.monotonic(),
+        )
 
     def _commit_outcome(self, detail: Mapping[str, str | int | float | bool | None]) -> _Outcome:
         self._checkpoint(CrashPoint.BEFORE_COMMIT)

@@ -21,7 +21,6 @@ from modelfleet.agent._download import Downloader
 from modelfleet.agent._journal import Target
 from modelfleet.agent._slots import SIGNATURE_FILE, SlotStore
 from modelfleet.bundle import parse_envelope, write_bundle
-from modelfleet.bundle.delta import apply, read_delta_header
 from modelfleet.errors import ModelfleetError
 
 __all__ = ["DeltaDelivery", "fetch_by_delta", "repack_bundle"]
@@ -61,6 +60,9 @@ def repack_bundle(slots: SlotStore, model: str, slot: str, out: Path) -> str:
 
 def fetch_by_delta(downloader: Downloader, slots: SlotStore, target: Target, base: str | None) -> DeltaDelivery:
     """Rebuild ``target``'s bundle as ``downloads/<sha256>.mfb`` from version ``base`` and the offered delta."""
+    # numpy (tensor deltas) loads when a delta is applied, not in the idle agent loop (tests/agent/test_imports.py).
+    from modelfleet.bundle.delta import apply, read_delta_header  # noqa: PLC0415
+
     offer = target.delta
     if offer is None or base is None:
         return DeltaDelivery(0, 0, "no delta offered" if offer is None else "nothing installed to apply it to")

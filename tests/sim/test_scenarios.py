@@ -85,6 +85,20 @@ def test_an_ab_test_reports_labelled_accuracy_and_promotes_the_better_variant(pl
     assert gates["accuracy"]["holdout_devices"] >= 20
 
 
+def test_a_shadow_test_names_the_better_candidate_without_it_answering(tmp_path):
+    outcome, fleet = run_scenario(load_scenario("shadow-test"), 20, tmp_path)
+    fleet.close()
+    fleet.stop_server()
+    assert outcome.ok, outcome.expectations
+    assert outcome.summaries_sent == outcome.summaries_stored > 0
+    assert all(set(r.running) == {"1.0.0"} for r in outcome.rounds), "the candidate never serves"
+    analysis = outcome.experiments["2.0.0"]["analysis"]
+    assert analysis["devices"] == [20]
+    assert 0 < analysis["shadow"]["agreement"]["estimate"] < 1
+    (accuracy,) = [lift for lift in analysis["lifts"] if lift["metric"] == "accuracy"]
+    assert accuracy["lower"] > 0, "the field-trained candidate is more accurate on aged sensors"
+
+
 def test_modelfleet_sim_runs_the_good_update_and_prints_json(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "modelfleet", "sim", "--scenario", "good-update", "--devices", str(DEVICES), "--json"],

@@ -6,7 +6,8 @@ batch (with the ground truth, which the Predictor only counts), and keeps its
 own tally of true outcomes for the report. Then the agent steps: it collects the
 Predictor's summaries into its outbox, checks in over HTTP, installs what the
 server wants and sends the outbox. When the installed version changed, the
-application loads a new Predictor on it.
+application loads a new Predictor on what the agent serves (with a shadow or
+time-slice experiment's candidate beside the active version).
 
 Links and power cuts are simulated at the edges of the real code: the device
 API client gets a transport that fails while the link is down, and the
@@ -47,8 +48,10 @@ from modelfleet.agent import (
     Outbox,
     Predictor,
     RuntimeConfig,
-    SlotHandle,
+    ServedPredictor,
+    Serving,
     StepResult,
+    open_served,
 )
 from modelfleet.bundle import DeviceProfile
 from modelfleet.sim._clock import SharedClock
@@ -162,7 +165,8 @@ class VirtualDevice:
         self.rng = np.random.default_rng(seed)
         self._jitter = random.Random(seed)  # noqa: S311 - simulation, not security
         self.predictor: Predictor | None = None
-        self._handle: SlotHandle | None = None
+        self._served: ServedPredictor | None = None
+        self.serving: Serving | None = None
         self.slot: str | None = None
         self.version: str | None = None
         self.tally: dict[str, Tally] = {}
@@ -203,6 +207,7 @@ class VirtualDevice:
             health=HealthPolicy(latency_runs=1),
             rng=self._jitter,
         )
+
         # The agent takes no downloads transport nor installer checkpoint; swap in an installer that downloads
         # through the shared pool and, on a device due a power cut, cuts it (same store, config, sink).
         def sink(event: Event) -> None:
@@ -309,37 +314,29 @@ class VirtualDevice:
         return result
 
     def _follow_install(self) -> None:
-        """Load a Predictor on the version the agent made current, if it changed."""
-        slots = self.agent.installer.slots
-        current = slots.link(self.fixture.model, "current")
-        if current == self.slot:
+        """Load a Predictor on what the agent serves (current, and an experiment's candidate) when that changed."""
+        serving = self.agent.serving(self.fixture.model)
+        if serving == self.serving:
             return
         self._unload(flush=True)
-        if current is None:
+        if serving is None:
             return
-        handle = slots.open_current(self.fixture.model)
-        self.predictor = Predictor(
-            handle.manifest,
-            handle.model_path,
-            device_id=self.spec.device_id,
-            config=self.fixture.runtime,
-            clock=self.fixture.clock,
-        )
-        self._handle, self.slot, self.version = handle, current, handle.manifest.version
-        self.agent.predictor = self.predictor
+        served = open_served(self.agent, self.fixture.model, config=self.fixture.runtime, clock=self.fixture.clock)
+        if served is None:
+            return
+        self._served, self.predictor, self.serving = served, served.predictor, served.serving
+        self.slot, self.version = served.serving.active, served.predictor.versions[0]
 
     def _unload(self, *, flush: bool) -> None:
         predictor, self.predictor = self.predictor, None
         self.agent.predictor = None
-        if predictor is not None:
-            if flush:
-                now: datetime = self.fixture.clock.now()
-                for summary in predictor.flush(now, final=True):
-                    self.agent.outbox.add_summary(summary)
-                for event in predictor.drain_events():
-                    self.agent.outbox.add_event(event)
-            predictor.close()
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
-        self.slot = self.version = None
+        if predictor is not None and flush:
+            now: datetime = self.fixture.clock.now()
+            for summary in predictor.flush(now, final=True):
+                self.agent.outbox.add_summary(summary)
+            for event in predictor.drain_events():
+                self.agent.outbox.add_event(event)
+        if self._served is not None:
+            self._served.close()  # the Predictor and the versions it held open
+            self._served = None
+        self.slot = self.version = self.serving = None

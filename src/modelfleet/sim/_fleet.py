@@ -220,6 +220,7 @@ class Fleet:
             self.server.close()
             raise
         self.rollouts: dict[str, str] = {}  # version -> rollout id
+        self.experiments: dict[str, str] = {}  # candidate version -> experiment id
         self.retrain_events: list[dict[str, Any]] = []
         self._counters = _Counters()
 
@@ -363,6 +364,24 @@ class Fleet:
             f"gates {gates}"
         )
         return rollout_id
+
+    def start_experiment(self, stable: str, version: str, spec: dict[str, Any]) -> str:
+        """Start a shadow, time-slice or A/B experiment of ``version`` against ``stable`` (the spec's other fields)."""
+        body = {
+            "model": MODEL,
+            "variants": [{"version": stable, "share": 50}, {"version": version, "share": 50}],
+            "window_seconds": self.window,
+            **spec,
+        }
+        experiment_id = self.server.start_experiment(body)
+        self.experiments[version] = experiment_id
+        metrics = ", ".join(m["metric"] for m in spec.get("metrics", []))
+        self.note(f"{spec['kind']} experiment {experiment_id}: {version} against {stable}; metrics {metrics}")
+        return experiment_id
+
+    def experiment(self, version: str) -> dict[str, Any]:
+        """The server's view of the experiment of ``version``, with its analysis."""
+        return self.server.experiment(self.experiments[version])
 
     def rollout(self, version: str) -> dict[str, Any]:
         """The server's view of the rollout of ``version``."""

@@ -54,6 +54,7 @@ class Outcome:
     stable: str | None
     window_s: int
     expectations: dict[str, bool] = field(default_factory=dict)
+    experiments: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -93,6 +94,10 @@ class Outcome:
                     ],
                 }
                 for version, r in self.rollouts.items()
+            },
+            "experiments": {
+                version: {"id": e["id"], "kind": e["kind"], "state": e["state"], "analysis": e["analysis"]}
+                for version, e in self.experiments.items()
             },
             "built": {
                 v: {"accuracy": b.accuracy, "int8_parity": b.parity, "bytes": b.size} for v, b in self.built.items()
@@ -143,7 +148,9 @@ class _Operator:
             self.fleet.pin(version)
             self.stable = version
         spec = action.rollout if action.rollout is not None else action.experiment
-        if spec is not None:
+        if action.experiment is not None and "kind" in action.experiment and self.stable is not None:
+            self.fleet.start_experiment(self.stable, version, action.experiment)
+        elif spec is not None:
             self.fleet.start_rollout(version, spec)
 
     def _build(self, version: str) -> BuiltVersion:
@@ -180,7 +187,8 @@ class _Operator:
     def settled(self, last: Round) -> bool:
         timed_left = any(a.at is not None for a in self.pending)
         running = any(state not in _TERMINAL for state in last.rollouts.values())
-        return not timed_left and not running
+        experimenting = any(self.fleet.experiment(v)["state"] == "running" for v in self.fleet.experiments)
+        return not timed_left and not running and not experimenting
 
 
 def run_scenario(
@@ -256,6 +264,10 @@ def _outcome(fleet: Fleet, operator: _Operator, scenario: Scenario, devices: int
         stable=operator.stable,
         window_s=fleet.window,
     )
+    outcome.experiments = {version: fleet.experiment(version) for version in fleet.experiments}
+    for version, verdict in scenario.expect.experiments.items():
+        found = (outcome.experiments.get(version) or {}).get("analysis", {}).get("verdict")
+        outcome.expectations[f"experiment of {version}: {verdict}"] = found == verdict
     for version, expected in scenario.expect.rollouts.items():
         state = outcome.rollout_state(version)
         held = (state is not None and state not in _TERMINAL) if expected == "running" else state == expected

@@ -180,6 +180,7 @@ class Expectation(_Part):
     """The outcome the scenario is written to show; the run reports whether it held."""
 
     rollouts: dict[str, RolloutOutcome] = Field(default_factory=dict)
+    experiments: dict[str, Literal["winner", "loser", "inconclusive", "stopped"]] = Field(default_factory=dict)
     retrain: bool | None = None
 
 

@@ -240,6 +240,14 @@ class FleetServer:
         """A rollout with its decisions."""
         return dict(self._call("GET", f"/v1/admin/rollouts/{rollout_id}"))
 
+    def start_experiment(self, spec: dict[str, Any]) -> str:
+        """Start an experiment (forced past a plan the fleet is too small for); its id."""
+        return str(self._call("POST", "/v1/admin/experiments", params={"force": "true"}, json=spec)["id"])
+
+    def experiment(self, experiment_id: str) -> dict[str, Any]:
+        """An experiment with its analysis now."""
+        return dict(self._call("GET", f"/v1/admin/experiments/{experiment_id}"))
+
     def reconcile(self) -> list[str]:
         """One reconciler look now; the rollouts that moved."""
         return list(self._call("POST", "/v1/admin/rollouts/reconcile")["moved"])

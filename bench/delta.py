@@ -76,7 +76,7 @@ def _worker(op: str, args: list[str]) -> None:
     from modelfleet.bundle.delta import apply, encode  # noqa: PLC0415
 
     if op == "idle":
-        print(json.dumps({"seconds": 0.0}))
+        print(json.dumps({"seconds": 0.0, "peak_rss": _own_peak_rss()}))
         return
     a, b, out = (Path(x) for x in args)
     started = time.perf_counter()
@@ -97,7 +97,15 @@ def _worker(op: str, args: list[str]) -> None:
     else:
         message = f"unknown op {op}"
         raise SystemExit(message)
-    print(json.dumps({"seconds": time.perf_counter() - started}))
+    print(json.dumps({"seconds": time.perf_counter() - started, "peak_rss": _own_peak_rss()}))
+
+
+def _own_peak_rss() -> int:
+    """This process's peak resident memory since its exec (VmHWM; ``ru_maxrss`` would include the forking parent's)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
 
 
 @dataclass(frozen=True)
@@ -109,7 +117,15 @@ class Run:
 
 
 def _measure(argv: list[str], env: dict[str, str] | None = None) -> Run:
-    """Run a child to completion; its own wall time and peak resident memory (bytes)."""
+    """Run a child to completion; its own wall time and peak resident memory (bytes).
+
+    Python children report their own peak (VmHWM after exec). Other tools run under
+    ``/usr/bin/time`` when present: a forked child's ``ru_maxrss`` counts the
+    parent's memory before the exec.
+    """
+    timed = not argv[0].endswith("python") and Path("/usr/bin/time").exists() and argv[0] != sys.executable
+    if timed:
+        argv = ["/usr/bin/time", "-f", "%M", *argv]
     started = time.perf_counter()
     child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(child.pid, 0)
@@ -119,8 +135,11 @@ def _measure(argv: list[str], env: dict[str, str] | None = None) -> Run:
     if os.waitstatus_to_exitcode(status) != 0:
         message = f"{argv[2:4]} failed: {stderr[-2000:]}"
         raise RuntimeError(message)
-    seconds = json.loads(stdout)["seconds"] if stdout.strip().startswith("{") else wall
-    return Run(seconds, usage.ru_maxrss * 1024)
+    if stdout.strip().startswith("{"):
+        reported = json.loads(stdout)
+        return Run(reported["seconds"], reported["peak_rss"])
+    peak = int(stderr.strip().splitlines()[-1]) * 1024 if timed else usage.ru_maxrss * 1024
+    return Run(wall, peak)
 
 
 def _python(op: str, *paths: Path, env: dict[str, str] | None = None) -> Run:

@@ -40,7 +40,9 @@ from modelfleet.agent import (
     agent_status,
 )
 from modelfleet.bundle import BuildOptions, DeviceProfile, PublicKey, SigningKey, ValidationSet, build_bundle
+from modelfleet.protocol import CheckinRequest
 from modelfleet.server import ServerConfig, create_app, init_server, load_server_config
+from modelfleet.server._deltas import DeltaSettings
 from modelfleet.sim import ModelCase
 from modelfleet.sim.models import trap_classifier
 from modelfleet.telemetry import Summary
@@ -168,11 +170,17 @@ def live(tmp_path: Path, signed: SignedBundles) -> Iterator[LiveServer]:
 
 
 def make_agent(
-    data_dir: Path, live: LiveServer, device: DeviceProfile, token: str | None, health: HealthPolicy | None = None
+    data_dir: Path,
+    live: LiveServer,
+    device: DeviceProfile,
+    token: str | None,
+    *,
+    health: HealthPolicy | None = None,
+    device_id: str = DEVICE,
 ) -> Agent:
     config = AgentConfig(
         server=live.url,
-        device_id=DEVICE,
+        device_id=device_id,
         trusted_keys=(PublicKey.from_file(live.config.trusted_keys[0]).to_pem().decode(),),
         enroll_token=token,
     )
@@ -523,3 +531,41 @@ def test_a_version_that_fails_its_first_live_inferences_is_rolled_back_and_repor
     assert len(rolled_back) == 1
     assert "1 of the first 2 live inferences failed" in rolled_back[0]["reason"]
     assert rolled_back[0]["version"] == "2.0.0"
+
+
+def test_a_device_installs_by_delta_once_the_fleet_asked_for_it(
+    tmp_path: Path, signed: SignedBundles, device: DeviceProfile
+) -> None:
+    live = LiveServer(tmp_path / "server", signed.trusted_key)
+    live.config = live.config.model_copy(update={"deltas": DeltaSettings(check_seconds=0.2, recheck_seconds=0)})
+    live.start()
+    try:
+        for path in signed.versions.values():
+            live.push(path)
+        live.pin("1.0.0")
+        first = make_agent(tmp_path / "a", live, device, live.enrollment_token(), device_id="pi-a")
+        second = make_agent(tmp_path / "b", live, device, live.enrollment_token(), device_id="pi-b")
+        with first, second:
+            assert first.step().ok
+            assert second.step().ok
+            live.pin("1.1.0")
+            assert first.step().ok  # the first to ask gets the full bundle, and makes the server build the delta
+            deadline = time.monotonic() + 60
+            while not any(d.delta for d in second.client.checkin(checkin_of(second), None).desired):
+                assert time.monotonic() < deadline, "the delta was not built within 60 s"
+                time.sleep(0.2)
+            assert second.step().ok
+            assert [m.version for m in second.installed()] == ["1.1.0"]
+            assert first.step().ok  # sends the install events
+            assert second.step().ok
+        installs = {e["device_id"]: e["detail"] for e in live.events("pi-a") + live.events("pi-b") if
+                    e["kind"] == "installed" and e["version"] == "1.1.0"}  # fmt: skip
+        assert installs["pi-a"]["delivery"] == "full"
+        assert installs["pi-b"]["delivery"] == "delta"
+        assert 0 < installs["pi-b"]["delta_bytes"] < installs["pi-b"]["bytes_saved"]
+    finally:
+        live.close()
+
+
+def checkin_of(agent: Agent) -> CheckinRequest:
+    return CheckinRequest(inventory=agent.profile, installed=tuple(agent.installed()))

@@ -106,6 +106,16 @@ def test_events_are_idempotent_and_listed(fleet, engine, clock):
     assert listed[0]["detail"] == {"p99": 12.5}
 
 
+def test_devices_with_the_same_history_derive_the_same_event_ids_and_both_are_kept(fleet, engine):
+    """Event ids come from the device's install journal, so they repeat across devices; idempotency is per device."""
+    event = {"id": "same-install-0001", "kind": "installed", "at": W0.isoformat(), "model": "digits"}
+    for name in ("dev-1", "dev-2"):
+        device = fleet.device(name)
+        answer = fleet.client.post("/v1/events", json={"events": [event]}, headers=device.headers).json()
+        assert answer == {"accepted": 1, "duplicates": 0}
+    assert count(engine, EventRow) == 2
+
+
 def test_a_full_batch_is_one_insert(fleet, statements, summary):
     device = fleet.device("dev-1")
     statements.clear()

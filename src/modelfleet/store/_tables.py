@@ -266,8 +266,8 @@ class EventRow(Base):
 
     __tablename__ = "events"
 
+    device_id: Mapped[str] = mapped_column(String(128), primary_key=True, index=True)  # ids are unique per device
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    device_id: Mapped[str] = mapped_column(String(128), index=True)
     kind: Mapped[str] = mapped_column(String(32), index=True)
     model: Mapped[str | None] = mapped_column(String(64))
     version: Mapped[str | None] = mapped_column(String(128))

@@ -34,11 +34,12 @@ _events = cast("Table", EventRow.__table__)
 
 
 def _insert_new(conn: Connection, table: Table, rows: Sequence[dict[str, Any]]) -> int:
-    """Insert ``rows``, skipping ids already stored; return how many were new."""
+    """Insert ``rows``, skipping keys already stored; return how many were new."""
     if not rows:
         return 0
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    statement = dialect.insert(table).on_conflict_do_nothing(index_elements=["id"]).returning(table.c.id)
+    key = [column.name for column in table.primary_key.columns]
+    statement = dialect.insert(table).on_conflict_do_nothing(index_elements=key).returning(table.c.id)
     return len(conn.execute(statement, list(rows)).all())
 
 
@@ -89,7 +90,7 @@ def _event_row(device_id: str, event: Event, now: datetime) -> dict[str, Any]:
 
 
 def insert_events(conn: Connection, device_id: str, events: Sequence[Event], *, now: datetime) -> int:
-    """Store a device's events once per id; return how many were new."""
+    """Store a device's events once per (device, id); return how many were new."""
     return _insert_new(conn, _events, [_event_row(device_id, e, now) for e in events])
 
 

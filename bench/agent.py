@@ -11,8 +11,10 @@
    features), called between inferences as the Predictor does (so with the caches
    an inference leaves behind), against the bare ``session.run`` of one row; also
    back to back with warm caches (``back_to_back_us``). One-row calls are binned in
-   blocks, so the median call is a copy: ``amortized_us`` (the mean per call, the
-   block binning included) is printed beside it. Goal: <= 20 us.
+   blocks, so the median call is a copy: ``amortized_us`` is the median over runs of
+   one block's calls (each run holds one block binning) divided by the block's rows,
+   so the binning is paid for and a preempted call spoils one run, not the figure.
+   Goal: both <= 20 us.
 3. ``switch``: ``SlotStore.switch`` (previous, then current, each a temp symlink +
    ``os.replace`` + directory fsync) against one bare ``os.replace`` of a symlink.
    Goal: <= 10 ms.
@@ -90,7 +92,7 @@ def _interleaved(ours: Callable[[], object], base: Callable[[], object], calls: 
     for _ in range(max(calls // 10, 3)):  # warm both up
         ours()
         base()
-    ours_s, base_s, ratios, ours_means = [], [], [], []
+    ours_s, base_s, ratios = [], [], []
     for _ in range(rounds):
         a, b = [], []
         for _ in range(calls):
@@ -103,10 +105,8 @@ def _interleaved(ours: Callable[[], object], base: Callable[[], object], calls: 
         ours_s.append(statistics.median(a))
         base_s.append(statistics.median(b))
         ratios.append(ours_s[-1] / base_s[-1])
-        ours_means.append(statistics.fmean(a))
     return {
         "ours_ms": statistics.median(ours_s) * 1e3,
-        "ours_mean_ms": statistics.median(ours_means) * 1e3,
         "baseline_ms": statistics.median(base_s) * 1e3,
         "ratio": statistics.median(ratios),
         "rounds": rounds,
@@ -201,7 +201,7 @@ def bench_summarizer(model: Path, manifest: Manifest, calls: int, rounds: int) -
 
     timing = _interleaved(observe, lambda: session.run(None, {"x": x}), calls, rounds)
     per_us = timing["ours_ms"] * 1e3
-    amortized_us = timing["ours_mean_ms"] * 1e3
+    amortized_us = _amortized_us(observe, lambda: session.run(None, {"x": x}), summarizer, calls)
     started = time.perf_counter()
     for _ in range(calls):
         observe()
@@ -214,8 +214,23 @@ def bench_summarizer(model: Path, manifest: Manifest, calls: int, rounds: int) -
         "ratio": timing["ratio"],
         "features": len(features[0]),
         "goal_us": GOALS["summarizer_us"],
-        "met": per_us <= GOALS["summarizer_us"],
+        "met": max(per_us, amortized_us) <= GOALS["summarizer_us"],
     }
+
+
+def _amortized_us(
+    observe: Callable[[], object], infer: Callable[[], object], summarizer: Summarizer, calls: int
+) -> float:
+    """Per-call cost with the block binning included: median over runs of ``block`` consecutive calls."""
+    block = summarizer._pending.capacity  # noqa: SLF001 - the rows one block binning serves
+    times = []
+    for _ in range(calls):
+        infer()
+        started = time.perf_counter()
+        observe()
+        times.append(time.perf_counter() - started)
+    runs = [sum(times[start : start + block]) for start in range(0, calls - block + 1, block)]
+    return statistics.median(runs) / block * 1e6
 
 
 # ------------------------------------------------------------------ 3. switch
@@ -338,8 +353,12 @@ def bench_idle_rss(work: Path, key: SigningKey) -> dict[str, Any]:
         f"Agent(Path({str(library_dir)!r}), config).run_forever(threading.Event())"
     )
     base = _settled_rss([sys.executable, "-c", "import time; time.sleep(120)"], None, env)
-    floors = {name: _settled_rss([sys.executable, "-c", f"{code}; import time; time.sleep(120)"], None, env)
-              for name, code in _FLOORS.items()}  # fmt: skip
+    floors = {}
+    for name, code in _FLOORS.items():
+        ready = work / f"floor-{len(floors)}"
+        ready.mkdir()  # the floor process writes state.json once its imports are done, as the agent does
+        done = f"open({str(ready / 'state.json')!r}, 'w').write('\"last_error\"')"
+        floors[name] = _settled_rss([sys.executable, "-c", f"{code}; {done}; import time; time.sleep(120)"], ready, env)
     ours = _settled_rss(cli, cli_dir, env)
     library = _settled_rss([sys.executable, "-c", loop], library_dir, env)
     home_cache = [str(p.relative_to(work)) for p in work.rglob("*") if ".cache" in p.parts]

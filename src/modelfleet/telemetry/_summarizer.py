@@ -99,32 +99,33 @@ class ShadowComparison:
 
 
 class _FeatureBins:
-    """All features' edges in one ``[K, F]`` matrix, and each feature's slice of one flat count vector.
+    """All features' interior edges in one ``[K, F]`` matrix, and each feature's slice of one flat count vector.
 
-    Column ``j`` holds ``-inf`` and feature ``j``'s interior edges, padded with NaN
-    (never ``<=`` anything). Counting the edges at or below a value is then
-    ``searchsorted(edges, value, side="right")`` clipped to the feature's bins, the
-    way the builder counts, for every feature in one comparison. The reduction runs
-    over the outer axis, so numpy adds whole rows instead of many short ones.
+    Column ``j`` holds feature ``j``'s interior edges, padded with NaN (never ``<=``
+    anything). A value's bin is the number of interior edges at or below it (so NaN
+    and values below the first edge count in the first bin, values above the last in
+    the last), the way the builder counts: one comparison of a whole ``[rows, F]``
+    block per edge row, accumulated in place, instead of ``F`` ``searchsorted`` calls.
     """
 
     def __init__(self, edges: tuple[tuple[float, ...], ...]) -> None:
         self._bins = [len(e) - 1 for e in edges]
-        self._edges = np.full((max(self._bins, default=1), len(edges)), np.nan)
-        self._edges[0] = -np.inf
+        self._edges = np.full((max(self._bins, default=1) - 1, len(edges)), np.nan)
         for column, feature_edges in enumerate(edges):
-            self._edges[1 : len(feature_edges) - 1, column] = feature_edges[1:-1]
+            self._edges[: len(feature_edges) - 2, column] = feature_edges[1:-1]
         self._offsets = np.cumsum([0, *self._bins], dtype=np.intp)[:-1]
-        self._before = self._offsets - 1
         self.count = len(edges)
         self.size = int(sum(self._bins))
 
     def flat(self, features: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.intp]:
-        """Flat count index of every (row, feature); NaN counts in the feature's first bin."""
-        at_or_below: npt.NDArray[np.intp] = np.add.reduce(self._edges <= features[:, None, :], axis=1, dtype=np.intp)
-        np.maximum(at_or_below, 1, out=at_or_below)
-        at_or_below += self._before
-        return at_or_below
+        """Flat count index of every (row, feature)."""
+        index = np.zeros(features.shape, np.intp)
+        above = np.empty(features.shape, bool)
+        for edge_row in self._edges:
+            np.less_equal(edge_row, features, out=above)
+            index += above
+        index += self._offsets
+        return index
 
     def split(self, counts: Counts) -> tuple[tuple[int, ...], ...]:
         """Per feature, its counts as plain ints."""

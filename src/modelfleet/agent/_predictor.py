@@ -444,9 +444,14 @@ def _signature(inputs: Mapping[str, Array] | Array) -> Signature | None:
     """What the contract check depends on: names, dtypes and shapes (``None`` when something is not an array)."""
     if isinstance(inputs, np.ndarray):
         return ((_BARE, inputs.dtype, inputs.shape),)
-    if not isinstance(inputs, Mapping) or not all(isinstance(array, np.ndarray) for array in inputs.values()):
+    if type(inputs) is not dict and not isinstance(inputs, Mapping):  # a dict skips the ABC check
         return None
-    return tuple((name, array.dtype, array.shape) for name, array in inputs.items())
+    signature = []
+    for name, array in inputs.items():
+        if not isinstance(array, np.ndarray):
+            return None
+        signature.append((name, array.dtype, array.shape))
+    return tuple(signature)
 
 
 def _as_float64(features: npt.NDArray[np.floating[Any]] | None) -> npt.NDArray[np.float64] | None:

@@ -2,7 +2,7 @@
 
 from fastapi.testclient import TestClient
 
-from modelfleet.protocol import Artifact, DesiredModel
+from modelfleet.protocol import Artifact, Candidate, DesiredModel
 from modelfleet.server import create_app
 
 
@@ -49,14 +49,19 @@ def test_the_openapi_document_describes_bodies_and_credentials(client):
 def test_the_desired_state_resolver_is_pluggable(server_config, clock, engine, fleet):
     def canary(connection, device, public_url):
         artifact = Artifact(url=f"{public_url}/v1/artifacts/{'c' * 64}", sha256="c" * 64, size=1)
+        candidate = Candidate(version="9.1.0", release=10, artifact=artifact)
         return [
-            DesiredModel(model="digits", version="9.0.0", release=9, mode="shadow", rollout_id="r-1", artifact=artifact)
-        ]
+            DesiredModel(
+                model="digits", version="9.0.0", release=9, mode="shadow", rollout_id="r-1", artifact=artifact,
+                candidate=candidate,
+            )
+        ]  # fmt: skip
 
     with TestClient(create_app(server_config, clock=clock, engine=engine, resolver=canary)) as client:
         fleet.client = client
         (desired,) = fleet.checkin(fleet.device("dev-1")).json()["desired"]
     assert (desired["version"], desired["mode"], desired["rollout_id"]) == ("9.0.0", "shadow", "r-1")
+    assert desired["candidate"]["version"] == "9.1.0"
 
 
 def test_an_unexpected_failure_is_a_500_without_internals(server_config, clock, engine, fleet):

@@ -1,5 +1,7 @@
 """A/B experiments on a real database: sticky variants, a winner shipped by a rollout, SRM stops, conflicts."""
 
+from datetime import UTC, datetime
+
 import pytest
 
 from modelfleet.errors import ConflictError
@@ -8,6 +10,7 @@ from modelfleet.rollout import (
     ExperimentSpec,
     ExperimentWatcher,
     current_analysis,
+    device_time_slice,
     experiment_variant,
     new_rollout,
     parse_spec,
@@ -16,7 +19,8 @@ from modelfleet.rollout import (
     start_experiment,
     stop_experiment,
 )
-from modelfleet.store import find_experiment, find_rollout, list_audit
+from modelfleet.rollout._experiment_paired import _slice_devices as slice_devices
+from modelfleet.store import DeviceWindow, find_experiment, find_rollout, list_audit
 
 SPEC = {
     "model": "digits",
@@ -174,3 +178,31 @@ def test_a_plan_that_cannot_reach_its_power_is_refused_unless_forced(sim_fleet):
 def test_a_wrong_spec_names_what_is_wrong(change, field):
     with pytest.raises(ValueError, match=field):
         ExperimentSpec.model_validate({**SPEC, **change})
+
+
+def test_time_slice_windows_count_only_in_the_slot_and_version_the_schedule_gives():
+    spec = ExperimentSpec.model_validate(
+        {**SPEC, "kind": "time_slice", "metrics": [{"metric": "accuracy"}], "exposure_windows": 3, "window_seconds": 60}
+    )
+    versions = ("1.0.0", "2.0.0")
+    windows = []
+    for device_id in ("dev-a", "dev-b", "dev-c"):
+        schedule = device_time_slice("salt", device_id, spec)
+        for k in range(4, 9):  # slot 4 starts a block; slot 8 is past the span of 4
+            at = datetime.fromtimestamp(k * 60, UTC)
+            arm = schedule.version_at(at)
+            windows.append(window(device_id, versions[arm], at, correct=90 if arm == 0 else 80))
+            windows.append(window(device_id, versions[1 - arm], at, correct=0))  # off schedule: not counted
+    devices = slice_devices(windows, spec, "salt")
+    assert [d.device_id for d in devices] == ["dev-a", "dev-b", "dev-c"]
+    for device in devices:
+        assert device.completed_at == 8 * 60
+        assert sorted(device.schedule) == [0, 0, 1, 1]
+        assert device.values["accuracy"] == [0.9 if arm == 0 else 0.8 for arm in device.schedule]
+
+
+def window(device_id, version, at, *, correct):
+    return DeviceWindow(
+        device_id=device_id, version=version, window_start=at, window_seconds=60, n=100, errors=0, fallbacks=0,
+        timeouts=0, n_labelled=100, n_correct=correct, n_scored=100, confidence_sum=80.0, latency_sum_ms=100.0,
+    )  # fmt: skip

@@ -68,3 +68,31 @@ def test_an_experiment_naming_an_unknown_version_is_refused(fleet, field):
     spec = {**SPEC, "variants": [{"version": "1.0.0", "share": 50}, {"version": "9.9.9", "share": 50}]}
     refused = fleet.client.post("/v1/admin/experiments", json=spec, headers=fleet.admin(), params={"force": "true"})
     assert refused.status_code == 404
+
+
+MODES = ["active", "shadow", "time_slice"]
+
+
+@pytest.mark.parametrize("kind", ["shadow", "time_slice"])
+def test_a_paired_experiment_enrolls_only_agents_that_run_its_mode(fleet, field, kind):
+    old, new = field[0], field[1]
+    before = fleet.checkin(old, installed_models=[fleet.installed("1.0.0", 1)])
+    spec = {**SPEC, "kind": kind, "within_sd": 0.01}
+    started = fleet.client.post("/v1/admin/experiments", json=spec, headers=fleet.admin(), params={"force": "true"})
+    assert started.status_code == 201, started.text
+
+    unchanged = fleet.checkin(old, installed_models=[fleet.installed("1.0.0", 1)], etag=before.headers["etag"])
+    assert unchanged.status_code == 304, "an agent that does not report the mode is not enrolled"
+    answer = fleet.checkin(new, installed_models=[{**fleet.installed("1.0.0", 1), "modes": MODES}])
+    (desired,) = answer.json()["desired"]
+    assert (desired["version"], desired["mode"], desired["experiment_id"]) == ("1.0.0", kind, started.json()["id"])
+    candidate = desired["candidate"]
+    assert candidate["version"] == "1.1.0"
+    assert (candidate["time_slice"] is None) == (kind == "shadow")
+    artifact = fleet.client.get(candidate["artifact"]["url"].split("testserver")[-1], headers=new.headers)
+    assert artifact.status_code == 200, "the candidate's bundle is the device's to download"
+
+    fleet.client.post(f"/v1/admin/experiments/{started.json()['id']}/stop", headers=fleet.admin())
+    after = fleet.checkin(new, installed_models=[{**fleet.installed("1.0.0", 1), "modes": MODES}])
+    (back,) = after.json()["desired"]
+    assert (back["mode"], "candidate" in back) == ("active", False)

@@ -16,6 +16,7 @@ from modelfleet.clock import ManualClock
 from modelfleet.sim import tiny_cnn
 from modelfleet.telemetry import (
     LATENCY_EDGES_MS,
+    MAX_BINS,
     ShadowComparison,
     Summarizer,
     SummaryLayout,
@@ -524,3 +525,14 @@ def test_block_counting_equals_counting_each_row_at_once(seed):
     assert sorted(summary.window_start.timestamp() for summary in got) == sorted(reference.windows)
     for summary in got:
         assert _as_reference(summary) == reference.windows[int(summary.window_start.timestamp())]
+
+
+def test_a_feature_with_the_most_bins_counts_its_last_bin():
+    edges = (-INF, *map(float, range(MAX_BINS - 1)), INF)  # MAX_BINS bins, MAX_BINS - 1 interior edges
+    layout = SummaryLayout((edges,), (0.0, 1.0), 2, (("x", 1),))
+    summarizer = Summarizer(layout, "m", "1.0.0", "active", ManualClock(START), salt=b"s")
+    for value in (1e9, -1e9, float("nan"), 7.0, float(MAX_BINS - 2)):
+        summarizer.observe(np.array([[value]]), np.array([0.5]), np.array([1]), 1.0)
+
+    counts = only(summarizer.flush(final=True)).feature_counts[0]
+    assert (counts[0], counts[8], counts[-1], sum(counts)) == (2, 1, 2, 5)

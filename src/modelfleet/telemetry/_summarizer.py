@@ -119,11 +119,12 @@ class _FeatureBins:
 
     def flat(self, features: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.intp]:
         """Flat count index of every (row, feature)."""
-        index = np.zeros(features.shape, np.intp)
+        edges_below = np.zeros(features.shape, np.uint8)  # at most MAX_BINS - 1 interior edges: fits, and stays small
         above = np.empty(features.shape, bool)
         for edge_row in self._edges:
             np.less_equal(edge_row, features, out=above)
-            index += above
+            edges_below += above
+        index = edges_below.astype(np.intp)
         index += self._offsets
         return index
 

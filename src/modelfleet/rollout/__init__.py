@@ -6,7 +6,9 @@
 - :mod:`evaluate <modelfleet.rollout._evaluate>`: device-level gate evaluation;
 - :mod:`reconciler <modelfleet.rollout._reconciler>`: the server-clock loop and operators' commands;
 - :mod:`plan <modelfleet.rollout._plan>`: the power analysis a spec must pass before it starts;
-- :mod:`experiment <modelfleet.rollout._experiment>`: A/B specs, sticky variants, analysis from telemetry;
+- :mod:`experiment <modelfleet.rollout._experiment>`: experiment specs, sticky variants, what a device is told
+  (A/B variant, or a shadow or time-slice candidate with its schedule), the A/B analysis;
+- :mod:`experiment_paired <modelfleet.rollout._experiment_paired>`: shadow and time-slice analyses from telemetry;
 - :mod:`drift <modelfleet.rollout._drift>`: per-device drift scores, fleet shares, retraining decisions.
 """
 

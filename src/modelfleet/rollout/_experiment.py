@@ -14,7 +14,7 @@ reports it runs that mode (``InstalledModel.modes``): the check-in tells it to
 keep the control version and run the candidate beside it (``DesiredModel.candidate``),
 with, for a time slice, the device's schedule from :func:`modelfleet.stats.time_slice_schedule`
 over slots of ``window_seconds`` counted from the epoch. Their analyses are in
-``_experiment_reading``.
+``_experiment_paired``.
 """
 
 from __future__ import annotations

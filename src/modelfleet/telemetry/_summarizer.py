@@ -262,45 +262,49 @@ class _Window:
 
 
 class _Pending:
-    """One-row calls of one window not binned yet: raw features, latencies and scores in preallocated arrays."""
+    """One-row calls of one window not binned yet: raw features in a preallocated block, numbers in lists.
+
+    A list append costs a fraction of a numpy store on the caller's path; the lists become arrays once a block.
+    """
 
     def __init__(self, features: _FeatureBins, confidence_edges: npt.NDArray[np.float64]) -> None:
         self._bins = features
         self._confidence_edges = confidence_edges
         capacity = min(max(_BLOCK_VALUES // max(features.count, 1), 1), _BLOCK_ROWS)
         self._features = np.empty((capacity, features.count), np.float64)
-        self._latency = np.empty(capacity, np.float64)
-        self._confidence = np.empty(capacity, np.float64)
-        self._predicted = np.empty(capacity, np.intp)
+        self._latency: list[float] = []
+        self._confidence: list[float] = []
+        self._predicted: list[int] = []
         self.capacity = capacity
-        self.rows = self.scored = 0
         self.window: _Window | None = None
 
     def add(self, features: npt.NDArray[Any], latency_ms: float, score: tuple[float, int] | None) -> None:
         """Copy one row in; bin the block when it is full."""
-        at = self.rows
-        self._features[at] = features
-        self._latency[at] = latency_ms
+        latency = self._latency
+        self._features[len(latency)] = features
+        latency.append(latency_ms)
         if score is not None:
-            self._confidence[self.scored], self._predicted[self.scored] = score
-            self.scored += 1
-        self.rows = at + 1
-        if self.rows == self.capacity:
+            self._confidence.append(score[0])
+            self._predicted.append(score[1])
+        if len(latency) == self.capacity:
             self.drain()
 
     def drain(self) -> None:
         """Count the block into its window, in one vectorized pass per histogram."""
-        window, rows, scored = self.window, self.rows, self.scored
+        window, rows = self.window, len(self._latency)
         if window is None or rows == 0:
             return
         window.features += _tally(self._bins.flat(self._features[:rows]), window.features.size)
-        window.latency += _tally(_bin_index(_LATENCY_EDGES, self._latency[:rows], _LATENCY_LAST), window.latency.size)
-        if scored:
+        latency = np.array(self._latency, np.float64)
+        window.latency += _tally(_bin_index(_LATENCY_EDGES, latency, _LATENCY_LAST), window.latency.size)
+        if self._confidence:
             last = window.confidence.size - 1
-            confidence = _bin_index(self._confidence_edges, self._confidence[:scored], last)
+            confidence = _bin_index(self._confidence_edges, np.array(self._confidence, np.float64), last)
             window.confidence += _tally(confidence, window.confidence.size)
-            window.predicted += _tally(self._predicted[:scored], window.predicted.size)
-        self.rows = self.scored = 0
+            window.predicted += _tally(np.array(self._predicted, np.intp), window.predicted.size)
+        self._latency.clear()
+        self._confidence.clear()
+        self._predicted.clear()
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,19 +2,23 @@
 
 Each size N runs a real server (its own process, SQLite) and N virtual devices,
 each the real agent (own model store on tmpfs, ONNX Runtime Predictor inline,
-SQLite outbox, keep-alive HTTP) on one simulated clock: enroll and install v1 (the
-first round), then steady windows in which every device runs 200 inferences in
-one batch, checks in and sends its summary, the reconciler looks once and the
-drift job runs once. Measured per size: set-up, the install round, the median
-steady round, and resident memory of the simulator and of the server.
+SQLite outbox, HTTP through the simulator's one keep-alive connection pool) on
+one simulated clock: enroll and install v1 (the first round), then steady windows
+in which every device runs 200 inferences in one batch, checks in and sends its
+summary, the reconciler looks once and the drift job runs once. Measured per
+size: set-up, the install round, the median steady round, CPU seconds per steady
+round of the simulator and of the server, resident memory of both, and open
+files per device of both.
 
 "Sustains" means a steady round (one 5-minute window of fleet time for every
 device) takes less than the window itself in wall time: the machine keeps up with
 the fleet in real time. The largest sustained fleet is projected from the biggest
 measured size, bounded by time (window / round time per device) and by memory
 (available memory / resident memory per device) and by open files (the process's
-limit / descriptors per device: an outbox, two keep-alive sockets, a slot lock),
-and the result says which bound binds. Results go to ``bench/results/sim.json``; ``--quick`` proves the harness.
+limit, raised to its hard limit / descriptors per device: an idle device holds the
+lock on its running version; the outbox is open only while the device steps and
+the connection pool is shared), and the result says which bound binds. Results go
+to ``bench/results/sim.json``; ``--quick`` proves the harness.
 """
 
 from __future__ import annotations
@@ -23,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import tempfile
 import time
@@ -31,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from modelfleet.sim import Fleet, parse_scenario
+from modelfleet.sim._fleet import raise_open_files_limit
 from modelfleet.sim._training import build_version
 
 ROOT = Path(__file__).resolve().parent
@@ -58,6 +62,12 @@ def open_files(pid: int | None = None) -> int:
     return sum(1 for _ in Path(f"/proc/{pid or os.getpid()}/fd").iterdir())
 
 
+def cpu_s(pid: int | None = None) -> float:
+    """User + system CPU seconds a process used so far (/proc)."""
+    fields = Path(f"/proc/{pid or os.getpid()}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def available_mb() -> float:
     """MemAvailable in MB."""
     line = next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemAvailable:"))
@@ -80,10 +90,13 @@ def measure(devices: int, rounds: int) -> dict[str, Any]:
             first = fleet.round()
             install_s = time.perf_counter() - started
             steady = []
+            cpu_before = cpu_s(), cpu_s(fleet.server.pid)
             for _ in range(rounds):
                 started = time.perf_counter()
                 fleet.round()
                 steady.append(time.perf_counter() - started)
+            sim_cpu = (cpu_s() - cpu_before[0]) / rounds
+            server_cpu = (cpu_s(fleet.server.pid) - cpu_before[1]) / rounds
             sim_rss, server_rss = rss_mb(), rss_mb(fleet.server.pid)
             sim_fds, server_fds = open_files(), open_files(fleet.server.pid)
             running = fleet.log.rounds[-1].running
@@ -103,6 +116,8 @@ def measure(devices: int, rounds: int) -> dict[str, Any]:
         "steady_round_s": round(round_s, 3),
         "steady_rounds": [round(s, 3) for s in steady],
         "device_steps_per_s": round(devices / round_s, 1),
+        "cpu_s_per_round": {"sim": round(sim_cpu, 2), "server": round(server_cpu, 2)},
+        "cpu_ms_per_device_step": round((sim_cpu + server_cpu) * 1000 / devices, 2),
         "realtime_factor": round(window_s / round_s, 1),
         "sim_rss_mb": round(sim_rss, 1),
         "server_rss_mb": round(server_rss, 1),
@@ -136,7 +151,7 @@ def main() -> None:
     window_s = 300.0
     by_time = int(biggest["devices"] * window_s / biggest["steady_round_s"])
     by_memory = int((available_mb() + biggest["sim_rss_mb"] + biggest["server_rss_mb"]) / biggest["mb_per_device"])
-    fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    fd_limit = raise_open_files_limit()
     by_files = int(fd_limit / max(biggest["fds_per_device"], biggest["server_fds_per_device"]))
     bounds = {"time": by_time, "memory": by_memory, "open_files": by_files}
     document = {

@@ -457,8 +457,8 @@ def main(argv: list[str] | None = None) -> int:
         summarizer = bench_summarizer(model, manifest, calls * 10, rounds)
         _line(
             "summarizer",
-            f"{summarizer['per_inference_us']:.1f} us per inference (mean {summarizer['amortized_us']:.1f} us with "
-            f"the block binning), {summarizer['back_to_back_us']:.1f} us back to "
+            f"{summarizer['per_inference_us']:.1f} us per inference ({summarizer['amortized_us']:.1f} us amortized "
+            f"with the block binning), {summarizer['back_to_back_us']:.1f} us back to "
             f"back ({summarizer['features']} features) vs bare "
             f"1-row session.run {summarizer['bare_inference_us']:.1f} us: {summarizer['ratio']:.3f}x (goal <= 20 us)",
             summarizer["met"],

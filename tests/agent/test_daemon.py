@@ -563,6 +563,13 @@ def test_a_device_installs_by_delta_once_the_fleet_asked_for_it(
         assert installs["pi-a"]["delivery"] == "full"
         assert installs["pi-b"]["delivery"] == "delta"
         assert 0 < installs["pi-b"]["delta_bytes"] < installs["pi-b"]["bytes_saved"]
+        totals = {t["version"]: t for t in live.admin.get("/v1/admin/deliveries", params={"model": MODEL}).json()}
+        size = signed.versions["1.1.0"].stat().st_size
+        assert totals["1.1.0"] == {
+            "version": "1.1.0", "installs": 2, "by_delta": 1, "bundle_bytes": 2 * size,
+            "downloaded_bytes": size + installs["pi-b"]["delta_bytes"], "saved_bytes": installs["pi-b"]["bytes_saved"],
+        }  # fmt: skip
+        assert (totals["1.0.0"]["installs"], totals["1.0.0"]["by_delta"]) == (2, 0)
     finally:
         live.close()
 

@@ -21,6 +21,7 @@ ADMIN_ROUTES = [
     ("GET", "/v1/admin/pins", VIEWER, None),
     ("GET", "/v1/admin/events", VIEWER, None),
     ("GET", "/v1/admin/audit", VIEWER, None),
+    ("GET", "/v1/admin/deliveries", VIEWER, None),
     ("GET", "/v1/admin/telemetry/windows", VIEWER, None),
     ("POST", "/v1/admin/bundles", RELEASE, "bundle"),
     ("PUT", "/v1/admin/models/{model}/aliases/{alias}", RELEASE, {"version": "1.1.0"}),
@@ -85,7 +86,7 @@ IDS = {
     "model": "digits", "version": "1.0.0", "alias": "stable", "device_id": "dev-a", "pin_id": "1",
     "rollout_id": "ro-0000000000", "name": "digits", "experiment_id": "ex-0000000000",
 }  # fmt: skip
-QUERY = {"/v1/admin/telemetry/windows": {"model": "digits"}}
+QUERY = {"/v1/admin/telemetry/windows": {"model": "digits"}, "/v1/admin/deliveries": {"model": "digits"}}
 
 
 class Scenario:

@@ -62,6 +62,21 @@ def _gate_caught(outcome: Outcome, version: str) -> bool:
     return False
 
 
+def _delivery_lines(outcome: Outcome) -> list[str]:
+    """How each version reached the fleet: installs by delta, and the download bytes they saved."""
+    lines = []
+    for entry in outcome.deliveries:
+        if not entry["installs"]:
+            continue
+        share = entry["downloaded_bytes"] / entry["bundle_bytes"] if entry["bundle_bytes"] else 1.0
+        lines.append(
+            f"downloads of {entry['version']}: {entry['installs']} installs, {entry['by_delta']} by delta; "
+            f"{entry['downloaded_bytes'] / 1e6:.2f} MB over the links instead of {entry['bundle_bytes'] / 1e6:.2f} MB "
+            f"({share:.0%})"
+        )
+    return lines
+
+
 def _checks(outcome: Outcome) -> dict[str, bool]:
     return {
         "2.0.0 rolled back by a label-free gate": _gate_caught(outcome, "2.0.0"),
@@ -121,6 +136,8 @@ def demo(
             f"{len(outcome.rounds)} windows ({len(outcome.rounds) * 5 // 60} h {len(outcome.rounds) * 5 % 60} min "
             f"of fleet time) in {time.monotonic() - started:.0f} s"
         )
+        for line in _delivery_lines(outcome):
+            out.print(line)
         out.print(f"report: {report.resolve()}")
         if not all(checks.values()):
             raise typer.Exit(1)

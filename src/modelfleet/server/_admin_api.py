@@ -16,6 +16,7 @@ from modelfleet.server._guards import storable_time
 from modelfleet.server._schemas import (
     MODEL_NAME,
     AuditOut,
+    DeliveryOut,
     DeviceOut,
     DeviceTagsIn,
     EnrollmentTokenIn,
@@ -40,6 +41,7 @@ from modelfleet.store import (
     create_enrollment_token,
     create_pin,
     delete_pin,
+    delivery_totals,
     find_device,
     list_audit,
     list_devices,
@@ -280,6 +282,20 @@ def events(
         return [
             EventOut.model_validate(row) for row in list_events(session, device_id=device_id, kind=kind, limit=limit)
         ]
+
+
+@admin_router.get("/deliveries", response_model=list[DeliveryOut])
+def deliveries(_: Viewer, state: State, model: Annotated[str, Query(pattern=MODEL_NAME)]) -> list[DeliveryOut]:
+    """Per version of ``model``: installs, how many arrived by delta, and the bytes that took (ADR 0010)."""
+    with state.engine.connect() as connection:
+        totals = delivery_totals(connection, model)
+    return [
+        DeliveryOut(
+            version=t.version, installs=t.installs, by_delta=t.by_delta, bundle_bytes=t.bundle_bytes,
+            downloaded_bytes=t.downloaded_bytes, saved_bytes=t.saved_bytes,
+        )
+        for t in totals
+    ]  # fmt: skip
 
 
 @admin_router.get("/audit", response_model=list[AuditOut])

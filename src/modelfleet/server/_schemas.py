@@ -23,6 +23,7 @@ __all__ = [
     "AuditOut",
     "BundleDetail",
     "BundleOut",
+    "DeliveryOut",
     "DeviceOut",
     "DeviceTagsIn",
     "EnrollmentTokenIn",
@@ -279,6 +280,17 @@ class EventOut(_Out):
     reason: str | None
     detail: dict[str, Any]
     received_at: datetime
+
+
+class DeliveryOut(_Out):
+    """How one version reached devices: installs, how many by delta, and the bytes that took (ADR 0010)."""
+
+    version: str
+    installs: int
+    by_delta: int
+    bundle_bytes: int
+    downloaded_bytes: int
+    saved_bytes: int
 
 
 class AuditOut(_Out):

@@ -22,7 +22,7 @@ import numpy as np
 from modelfleet.sim._fleet import Fleet, Round
 from modelfleet.sim._scenario import Action, Scenario
 from modelfleet.sim._signal import AMPLITUDE_FEATURES, sensor_readings
-from modelfleet.sim._training import BuiltVersion, Readings, build_version
+from modelfleet.sim._training import MODEL, BuiltVersion, Readings, build_version
 
 __all__ = ["Outcome", "run_scenario"]
 
@@ -55,6 +55,7 @@ class Outcome:
     window_s: int
     expectations: dict[str, bool] = field(default_factory=dict)
     experiments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    deliveries: list[dict[str, Any]] = field(default_factory=list)  # per version: installs, by delta, bytes
 
     @property
     def ok(self) -> bool:
@@ -105,6 +106,7 @@ class Outcome:
             "retrain_events": len(self.retrain_events),
             "without_model": len(self.without_model),
             "summaries": {"sent": self.summaries_sent, "stored": self.summaries_stored},
+            "deliveries": self.deliveries,
             "power_cuts": self.power_cuts,
             "failed_steps": self.failed_steps,
             "timeline": [{"at": at.isoformat(), "note": text} for at, text in self.notes],
@@ -265,6 +267,7 @@ def _outcome(fleet: Fleet, operator: _Operator, scenario: Scenario, devices: int
         window_s=fleet.window,
     )
     outcome.experiments = {version: fleet.experiment(version) for version in fleet.experiments}
+    outcome.deliveries = fleet.server.deliveries(MODEL)
     for version, verdict in scenario.expect.experiments.items():
         found = (outcome.experiments.get(version) or {}).get("analysis", {}).get("verdict")
         outcome.expectations[f"experiment of {version}: {verdict}"] = found == verdict

@@ -252,6 +252,10 @@ class FleetServer:
         """One reconciler look now; the rollouts that moved."""
         return list(self._call("POST", "/v1/admin/rollouts/reconcile")["moved"])
 
+    def deliveries(self, model: str) -> list[dict[str, Any]]:
+        """Per version: installs, how many by delta, and the bytes they took (ADR 0010)."""
+        return list(self._call("GET", "/v1/admin/deliveries", params={"model": model}))
+
     def windows(self, model: str, version: str | None = None) -> list[dict[str, Any]]:
         """Telemetry sums per (version, cohort, window)."""
         params: dict[str, str | int] = {"model": model, "limit": 1000}

@@ -12,10 +12,12 @@ from modelfleet.store._audit import (
 )
 from modelfleet.store._blobs import BlobRef, BlobStore, FilesystemBlobStore
 from modelfleet.store._deltas import (
+    DeliveryTotals,
     DeltaRecord,
     DeltaStatus,
     bundle_file,
     claim_delta,
+    delivery_totals,
     delta_by_sha256,
     find_deltas,
     finish_delta,
@@ -175,6 +177,7 @@ __all__ = [
     "BlobStore",
     "BundleRow",
     "CandidateKind",
+    "DeliveryTotals",
     "DeltaRecord",
     "DeltaRow",
     "DeltaStatus",
@@ -233,6 +236,7 @@ __all__ = [
     "current_revision",
     "default_database_url",
     "delete_pin",
+    "delivery_totals",
     "delta_by_sha256",
     "device_by_credential",
     "downgrade",

@@ -20,13 +20,15 @@ from sqlalchemy import Connection, CursorResult, Row, Table, and_, or_, select, 
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
-from modelfleet.store._tables import BundleRow, DeltaRow
+from modelfleet.store._tables import BundleRow, DeltaRow, EventRow
 
 __all__ = [
+    "DeliveryTotals",
     "DeltaRecord",
     "DeltaStatus",
     "bundle_file",
     "claim_delta",
+    "delivery_totals",
     "delta_by_sha256",
     "find_deltas",
     "finish_delta",
@@ -37,6 +39,7 @@ DeltaStatus = Literal["requested", "building", "ready", "skipped", "failed"]
 
 _deltas = cast("Table", DeltaRow.__table__)
 _bundles = cast("Table", BundleRow.__table__)
+_events = cast("Table", EventRow.__table__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,3 +140,45 @@ def finish_delta(
     }  # fmt: skip
     pair = (_deltas.c.base_sha256 == base_sha256, _deltas.c.target_sha256 == target_sha256)
     connection.execute(update(_deltas).where(*pair).values(values))
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryTotals:
+    """How one version reached devices, from their ``installed`` events (ADR 0010)."""
+
+    version: str
+    installs: int
+    by_delta: int
+    bundle_bytes: int
+    downloaded_bytes: int
+
+    @property
+    def saved_bytes(self) -> int:
+        """Bytes deltas kept off the link."""
+        return self.bundle_bytes - self.downloaded_bytes
+
+
+def delivery_totals(connection: Connection, model: str) -> list[DeliveryTotals]:
+    """Per version of ``model``: installs, how many came by delta, bundle bytes and bytes actually downloaded.
+
+    A full download counts the bundle's size (plus a refused delta's bytes); a delta install
+    counts the delta. Events without a ``delivery`` (older agents, or a version kept from an
+    earlier install) count as full downloads.
+    """
+    sizes = dict(connection.execute(select(_bundles.c.version, _bundles.c.size).where(_bundles.c.model == model)).all())
+    rows = connection.execute(
+        select(_events.c.version, _events.c.detail).where(_events.c.model == model, _events.c.kind == "installed")
+    )
+    totals: dict[str, list[int]] = {}
+    for version, detail in rows:
+        size = sizes.get(version)
+        if size is None or (detail or {}).get("role") == "candidate":
+            continue
+        delta_bytes = int((detail or {}).get("delta_bytes") or 0)
+        by_delta = (detail or {}).get("delivery") == "delta"
+        entry = totals.setdefault(version, [0, 0, 0, 0])
+        entry[0] += 1
+        entry[1] += by_delta
+        entry[2] += size
+        entry[3] += delta_bytes if by_delta else size + delta_bytes
+    return [DeliveryTotals(version, *entry) for version, entry in sorted(totals.items())]

@@ -536,3 +536,36 @@ def test_a_feature_with_the_most_bins_counts_its_last_bin():
 
     counts = only(summarizer.flush(final=True)).feature_counts[0]
     assert (counts[0], counts[8], counts[-1], sum(counts)) == (2, 1, 2, 5)
+
+
+ANSWERED = (False, False, False)  # error, fallback, timeout
+
+
+def test_many_bins_and_large_batches_count_like_the_reference():
+    # 199 interior edges x 40 features: a pending block is compared a few edge rows at a time, and a batch of
+    # 300 rows a few rows at a time; both must equal counting each row at once.
+    rng = np.random.default_rng(7)
+    edges = tuple((-INF, *np.unique(rng.normal(0, 1, 199).round(3)).tolist(), INF) for _ in range(40))
+    layout = SummaryLayout(edges, (0.0, 0.5, 1.0), 2, (("x", 40),))
+    clock = ManualClock(START)
+    summarizer = Summarizer(layout, "m", "1.0.0", "active", clock, 60, salt=b"s")
+    reference = _ReferenceSummarizer(layout, 60)
+    for rows in (300, *([1] * 150), 2, 1):
+        features = rng.normal(0, 1.2, (rows, 40)).round(3)
+        confidence, predicted = np.full(rows, 0.5), rng.integers(0, 2, rows)
+        summarizer.observe(features, confidence, predicted, 1.0)
+        reference.observe(clock.now(), features, confidence, predicted, 1.0, None, *ANSWERED)
+
+    summary = only(summarizer.flush(final=True))
+    assert _as_reference(summary) == reference.windows[int(summary.window_start.timestamp())]
+
+
+def test_a_batch_of_more_rows_than_a_byte_holds_counts_every_row():
+    layout = SummaryLayout(((-INF, 0.0, 1.0, INF),), (0.0, 1.0), 2, (("x", 1),))
+    summarizer = Summarizer(layout, "m", "1.0.0", "active", ManualClock(START), salt=b"s")
+    rows = 1000  # every row reaches both interior edges: per-pass sums near a byte's limit must not wrap
+
+    summarizer.observe(np.full((rows, 1), INF), np.full(rows, 0.5), np.zeros(rows, np.int64), 1.0)
+    summarizer.observe(np.full((1, 1), 0.5), np.array([0.5]), np.array([0]), 1.0)
+
+    assert only(summarizer.flush(final=True)).feature_counts == ((0, 1, rows),)

@@ -10,11 +10,14 @@ Observing is on the application's critical path. A one-row call (a device's
 common case) is checked, its sums and outcome counted at once, and its raw
 features, latency and score copied into a preallocated block; the block is binned
 in one vectorized pass when it is full, when the window changes and before every
-flush. So the caller pays a copy, and the binning (the bin edges precomputed into
-one padded matrix: every feature of every row by one comparison instead of ``F``
-``searchsorted`` calls) is shared by a block of rows. Counts are integers and the
-float sums are still added call by call, in order, so the summaries are identical
-to counting each row at once. Batches are binned when observed.
+flush. So the caller pays a copy, and the binning is shared by a block of rows: the
+bin edges are precomputed into one padded matrix, every feature of every row is
+compared with every edge in one broadcast comparison, and a window keeps, per
+(edge, feature), how many rows reached it (bin counts are the differences), so a
+block costs three numpy calls instead of ``F`` ``searchsorted`` calls or an index
+per value and a ``bincount``. Counts are integers and the float sums are still
+added call by call, in order, so the summaries are identical to counting each row
+at once. Batches are binned when observed.
 """
 
 from __future__ import annotations
@@ -45,6 +48,8 @@ _LATENCY_LAST = len(LATENCY_EDGES_MS) - 2
 _ID_HEX = 32
 _BLOCK_VALUES = 8192  # features a pending block holds (64 KiB of float64): small enough to stay in cache
 _BLOCK_ROWS = 64
+_HITS_VALUES = 1 << 17  # comparisons one binning pass holds (128 KiB of bools), so a pass stays in cache
+_MAX_ROWS_PER_PASS = 255  # a pass's per-(edge, feature) sum of rows is a byte
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,13 +104,17 @@ class ShadowComparison:
 
 
 class _FeatureBins:
-    """All features' interior edges in one ``[K, F]`` matrix, and each feature's slice of one flat count vector.
+    """All features' interior edges in one ``[K, F]`` matrix; rows counted per (edge, feature) they reach.
 
     Column ``j`` holds feature ``j``'s interior edges, padded with NaN (never ``<=``
     anything). A value's bin is the number of interior edges at or below it (so NaN
     and values below the first edge count in the first bin, values above the last in
-    the last), the way the builder counts: one comparison of a whole ``[rows, F]``
-    block per edge row, accumulated in place, instead of ``F`` ``searchsorted`` calls.
+    the last), the way the builder counts. Edges increase, so the rows in bin ``k``
+    are the rows that reach edge ``k - 1`` (edge at or below the value) minus those
+    that reach edge ``k``: a block of rows is counted by one broadcast comparison
+    ``[K, rows, F]`` summed over its rows, with no index per value and no
+    ``bincount``. That is three numpy calls per block, and after an inference has
+    evicted the caches every numpy call costs microseconds.
     """
 
     def __init__(self, edges: tuple[tuple[float, ...], ...]) -> None:
@@ -113,25 +122,34 @@ class _FeatureBins:
         self._edges = np.full((max(self._bins, default=1) - 1, len(edges)), np.nan)
         for column, feature_edges in enumerate(edges):
             self._edges[: len(feature_edges) - 2, column] = feature_edges[1:-1]
-        self._offsets = np.cumsum([0, *self._bins], dtype=np.intp)[:-1]
         self.count = len(edges)
-        self.size = int(sum(self._bins))
+        self.shape = (self._edges.shape[0], self._edges.shape[1])
+        per_pass = max(_HITS_VALUES // max(self._edges.size, 1), 1)
+        self.rows_per_pass = min(per_pass, _MAX_ROWS_PER_PASS)
 
-    def flat(self, features: npt.NDArray[np.floating[Any]]) -> npt.NDArray[np.intp]:
-        """Flat count index of every (row, feature)."""
-        edges_below = np.zeros(features.shape, np.uint8)  # at most MAX_BINS - 1 interior edges: fits, and stays small
-        above = np.empty(features.shape, bool)
-        for edge_row in self._edges:
-            np.less_equal(edge_row, features, out=above)
-            edges_below += above
-        index = edges_below.astype(np.intp)
-        index += self._offsets
-        return index
+    def reached(self, features: npt.NDArray[np.floating[Any]]) -> Counts:
+        """Per (interior edge, feature), how many of the rows reach that edge."""
+        reached: Counts = np.zeros(self.shape, np.int64)
+        for start in range(0, features.shape[0], self.rows_per_pass):
+            self.count_into(reached, features[start : start + self.rows_per_pass])
+        return reached
 
-    def split(self, counts: Counts) -> tuple[tuple[int, ...], ...]:
-        """Per feature, its counts as plain ints."""
-        flat: list[int] = counts.tolist()
-        return tuple(tuple(flat[start : start + bins]) for start, bins in zip(self._offsets, self._bins, strict=True))
+    def count_into(self, reached: Counts, features: npt.NDArray[np.floating[Any]]) -> None:
+        """Add the rows (at most 255) that reach each (edge, feature) to ``reached``; many edges go a few at a time."""
+        values = features[None, :, :]
+        edge_rows = max(_HITS_VALUES // max(features.size, 1), 1)
+        for start in range(0, self.shape[0], edge_rows):
+            stop = start + edge_rows
+            hits = np.less_equal(self._edges[start:stop, None, :], values)
+            # bools are bytes of 0 and 1; a pass holds at most 255 rows, so their sum fits a byte
+            reached[start:stop] += np.add.reduce(hits.view(np.uint8), axis=1, dtype=np.uint8)
+
+    def split(self, rows: int, reached: Counts) -> tuple[tuple[int, ...], ...]:
+        """Per feature, its bin counts as plain ints: rows reaching each edge minus those reaching the next."""
+        steps = np.empty((self.shape[0] + 2, self.count), np.int64)
+        steps[0], steps[1:-1], steps[-1] = rows, reached, 0
+        counts: list[list[int]] = (steps[:-1] - steps[1:]).T.tolist()
+        return tuple(tuple(feature[:bins]) for feature, bins in zip(counts, self._bins, strict=True))
 
 
 Increment = int | Counts
@@ -153,6 +171,11 @@ def _bump(counts: Counts, increment: Increment) -> None:
 def _tally(index: npt.NDArray[np.intp], size: int) -> Counts:
     """Per-bin counts of a batch's bin indices."""
     return np.bincount(index.ravel(), minlength=size).astype(np.int64, copy=False)
+
+
+def _latency_bin(latency_ms: float) -> int:
+    """A latency's bin on the wire format's edges (the last bin is closed)."""
+    return min(max(bisect.bisect_right(LATENCY_EDGES_MS, latency_ms) - 1, 0), _LATENCY_LAST)
 
 
 def _bin_index(
@@ -218,11 +241,14 @@ class _Shadow:
 class _Window:
     """The counts of one window."""
 
-    def __init__(self, start: int, seconds: int, feature_bins: int, confidence_bins: int, n_classes: int) -> None:
+    def __init__(
+        self, start: int, seconds: int, feature_edges: tuple[int, int], confidence_bins: int, n_classes: int
+    ) -> None:
         self.start, self.end = start, start + seconds
         self.n = self.errors = self.fallbacks = self.timeouts = self.n_labelled = self.n_correct = 0
         self.latency: Counts = np.zeros(len(LATENCY_EDGES_MS) - 1, np.int64)
-        self.features: Counts = np.zeros(feature_bins, np.int64)
+        self.feature_rows = 0
+        self.reached: Counts = np.zeros(feature_edges, np.int64)  # rows per (interior edge, feature) they reach
         self.confidence: Counts = np.zeros(confidence_bins, np.int64)
         self.predicted: Counts = np.zeros(n_classes, np.int64)
         self.latency_sum = self.confidence_sum = self.confidence_sum_sq = 0.0
@@ -241,15 +267,13 @@ class _Window:
             self.latency += _tally(_bin_index(_LATENCY_EDGES, latency_ms, _LATENCY_LAST), self.latency.size)
             self.latency_sum += float(np.sum(latency_ms))
             return
-        self.latency[min(max(bisect.bisect_right(LATENCY_EDGES_MS, latency_ms) - 1, 0), _LATENCY_LAST)] += rows
+        self.latency[_latency_bin(latency_ms)] += rows
         self.latency_sum += latency_ms * rows
 
-    def add_features(self, index: npt.NDArray[np.intp]) -> None:
-        """Count every (row, feature) bin index; one row's indices never repeat."""
-        if index.shape[0] == 1:
-            self.features[index] += 1
-        else:
-            self.features += _tally(index, self.features.size)
+    def add_features(self, rows: int, reached: Counts) -> None:
+        """Count rows by the (edge, feature) pairs they reach."""
+        self.feature_rows += rows
+        self.reached += reached
 
     def add_scores(self, scored: _Scored) -> None:
         """Count confidence, predicted classes and labelled outcomes."""
@@ -262,49 +286,44 @@ class _Window:
 
 
 class _Pending:
-    """One-row calls of one window not binned yet: raw features in a preallocated block, numbers in lists.
+    """One-row calls of one window not binned yet: raw features in a preallocated block, the rest as counts.
 
-    A list append costs a fraction of a numpy store on the caller's path; the lists become arrays once a block.
+    A row's latency, confidence and class are binned at once in plain Python (a bisect and a list increment
+    cost a fraction of a numpy call on the caller's path); the block's counts join its window's once a block.
     """
 
-    def __init__(self, features: _FeatureBins, confidence_edges: npt.NDArray[np.float64]) -> None:
+    def __init__(self, features: _FeatureBins, confidence_bins: int, n_classes: int) -> None:
         self._bins = features
-        self._confidence_edges = confidence_edges
         capacity = min(max(_BLOCK_VALUES // max(features.count, 1), 1), _BLOCK_ROWS)
         self._features = np.empty((capacity, features.count), np.float64)
-        self._latency: list[float] = []
-        self._confidence: list[float] = []
-        self._predicted: list[int] = []
+        self.rows = 0
+        self.latency = [0] * (_LATENCY_LAST + 1)
+        self.confidence = [0] * confidence_bins
+        self.predicted = [0] * n_classes
         self.capacity = capacity
         self.window: _Window | None = None
 
-    def add(self, features: npt.NDArray[Any], latency_ms: float, score: tuple[float, int] | None) -> None:
-        """Copy one row in; bin the block when it is full."""
-        latency = self._latency
-        self._features[len(latency)] = features
-        latency.append(latency_ms)
-        if score is not None:
-            self._confidence.append(score[0])
-            self._predicted.append(score[1])
-        if len(latency) == self.capacity:
+    def add(self, features: npt.NDArray[Any]) -> None:
+        """Copy one row's features in; bin the block when it is full."""
+        self._features[self.rows] = features
+        self.rows += 1
+        if self.rows == self.capacity:
             self.drain()
 
     def drain(self) -> None:
-        """Count the block into its window, in one vectorized pass per histogram."""
-        window, rows = self.window, len(self._latency)
+        """Count the block into its window: features in one vectorized pass, the other counts as they are."""
+        window, rows = self.window, self.rows
         if window is None or rows == 0:
             return
-        window.features += _tally(self._bins.flat(self._features[:rows]), window.features.size)
-        latency = np.array(self._latency, np.float64)
-        window.latency += _tally(_bin_index(_LATENCY_EDGES, latency, _LATENCY_LAST), window.latency.size)
-        if self._confidence:
-            last = window.confidence.size - 1
-            confidence = _bin_index(self._confidence_edges, np.array(self._confidence, np.float64), last)
-            window.confidence += _tally(confidence, window.confidence.size)
-            window.predicted += _tally(np.array(self._predicted, np.intp), window.predicted.size)
-        self._latency.clear()
-        self._confidence.clear()
-        self._predicted.clear()
+        window.feature_rows += rows
+        self._bins.count_into(window.reached, self._features[:rows])
+        window.latency += self.latency
+        window.confidence += self.confidence
+        window.predicted += self.predicted
+        self.rows = 0
+        self.latency = [0] * len(self.latency)
+        self.confidence = [0] * len(self.confidence)
+        self.predicted = [0] * len(self.predicted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,7 +387,7 @@ class Summarizer:
         self._confidence_last = len(layout.confidence_edges) - 2
         self._windows: dict[int, _Window] = {}
         self._current: _Window | None = None
-        self._pending = _Pending(self._features, self._confidence_edges)
+        self._pending = _Pending(self._features, self._confidence_last + 1, layout.n_classes)
         self._row_shape = (1, self._features.count)
         self._sequence = 0
         self._lock = threading.Lock()
@@ -425,12 +444,12 @@ class Summarizer:
         scored = self._scored(rows, confidence, predicted, labels, failed=error or timeout)
         if rows == 0:
             return
-        feature_index = self._features.flat(features_per_row)
+        reached = self._features.reached(features_per_row)
         with self._lock:
             window = self._window(self._clock.now().timestamp())
             window.add_outcome(rows, error=error, fallback=fallback, timeout=timeout)
             window.add_latency(latency_ms, rows)
-            window.add_features(feature_index)
+            window.add_features(rows, reached)
             if scored is not None:
                 window.add_scores(scored)
             if shadow is not None and predicted is not None:
@@ -483,7 +502,10 @@ class Summarizer:
             window.latency_sum += latency
             window.confidence_sum += value
             window.confidence_sum_sq += value * value
-            pending.add(features, latency, (value, top1))
+            pending.latency[_latency_bin(latency)] += 1
+            pending.confidence[self._confidence_bin(value)] += 1
+            pending.predicted[top1] += 1
+            pending.add(features)
         return True
 
     def _observe_row(
@@ -508,15 +530,16 @@ class Summarizer:
             window.fallbacks += fallback
             window.timeouts += timeout
             window.latency_sum += latency_ms
-            if score is None:
-                pending.add(features, latency_ms, None)
-                return
-            confidence, predicted, labelled, correct = score
-            window.confidence_sum += confidence
-            window.confidence_sum_sq += confidence * confidence
-            window.n_labelled += labelled
-            window.n_correct += correct
-            pending.add(features, latency_ms, (confidence, predicted))
+            pending.latency[_latency_bin(latency_ms)] += 1
+            if score is not None:
+                confidence, predicted, labelled, correct = score
+                window.confidence_sum += confidence
+                window.confidence_sum_sq += confidence * confidence
+                window.n_labelled += labelled
+                window.n_correct += correct
+                pending.confidence[self._confidence_bin(confidence)] += 1
+                pending.predicted[predicted] += 1
+            pending.add(features)
 
     def _row_score(
         self,
@@ -549,7 +572,7 @@ class Summarizer:
         start = int(timestamp // self.window_seconds) * self.window_seconds
         window = self._windows.get(start)
         if window is None:
-            shape = (self._features.size, len(self.layout.confidence_edges) - 1, self.layout.n_classes)
+            shape = (self._features.shape, len(self.layout.confidence_edges) - 1, self.layout.n_classes)
             window = self._windows[start] = _Window(start, self.window_seconds, *shape)
         self._current = window
         return window
@@ -659,7 +682,7 @@ class Summarizer:
             confidence_sum=window.confidence_sum,
             confidence_sum_sq=window.confidence_sum_sq,
             predicted_counts=tuple(window.predicted.tolist()),
-            feature_counts=self._features.split(window.features),
+            feature_counts=self._features.split(window.feature_rows, window.reached),
             n_labelled=window.n_labelled,
             n_correct=window.n_correct,
             shadow=shadow.stats(identity.active_version) if shadow and identity.active_version else None,

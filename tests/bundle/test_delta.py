@@ -156,7 +156,7 @@ def test_the_header_names_base_and_target_before_any_work(finetune):
     ("mangle", "code"),
     [
         (lambda d: b"NOTADELTA" + d[9:], "bad_header"),
-        (lambda d: d[:4] + bytes([2]) + d[5:], "unsupported_version"),
+        (lambda d: d[:4] + bytes([9]) + d[5:], "unsupported_version"),
         (lambda d: d[:12], "truncated"),
         (lambda d: d[:5] + bytes([9]) + d[6:], "bad_header"),
     ],

@@ -152,7 +152,8 @@ def _apply_tensor(base: BinaryIO, body: _Body, header: DeltaHeader, sink: _Sink,
         _copy_rest(rest, span.gap, sink, limits.chunk_bytes)
         old = plan.base_spans[span.base]
         payload = body.take(span.payload, "a tensor payload")
-        sink.write(decode_tensor(_read_at(base, old.offset, old.length, "the base"), span.mode, payload, span.kind))
+        old_bytes = _read_at(base, old.offset, old.length, "the base")
+        sink.write(decode_tensor(old_bytes, span.mode, payload, span.kind, header.format_version))
     _copy_rest(rest, plan.tail, sink, limits.chunk_bytes)
     expect_end(rest, "the rest stream")
     if body.position != body.end:

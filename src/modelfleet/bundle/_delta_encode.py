@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from modelfleet.bundle._delta_format import DeltaCodec, DeltaHeader, varint
+from modelfleet.bundle._delta_format import DELTA_FORMAT_VERSION, READABLE_VERSIONS, DeltaCodec, DeltaHeader, varint
 from modelfleet.bundle._delta_generic import bsdiff4_encode, zstd_prefix_encode
 from modelfleet.bundle._delta_onnx import TensorSpan
 from modelfleet.bundle._delta_plan import BaseSpan, Plan, TargetSpan, bundle_spans, kind_of
@@ -42,6 +42,9 @@ class DeltaOptions:
             the base in memory and minutes on tens of MB).
         verify: apply each winning candidate to a temp file and check the hash before
             returning it; a candidate that does not rebuild the target is dropped.
+        format_version: the tensor codec's payload layout (2: a coder per byte plane;
+            1: for readers that know only format 1). Generic deltas are always written
+            as format 1, which every reader applies.
     """
 
     codecs: tuple[DeltaCodec, ...] = (DeltaCodec.TENSOR, DeltaCodec.ZSTD, DeltaCodec.BSDIFF4)
@@ -50,6 +53,7 @@ class DeltaOptions:
     generic_max_bytes: int = 8 * _MIB
     bsdiff4_max_bytes: int = 8 * _MIB
     verify: bool = True
+    format_version: int = DELTA_FORMAT_VERSION
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +117,7 @@ def _tensor_body(base: bytes, target: bytes, options: DeltaOptions) -> bytes | N
             memoryview(target)[new.offset : new.offset + new.length],
             kind,
             options.tensor_level,
+            options.format_version,
         )
         records.append(TargetSpan(new.offset - end, index[old.offset, old.length], kind, mode, len(payload)))
         payloads.append(payload)
@@ -139,6 +144,11 @@ def _candidates(base: bytes, target: bytes, options: DeltaOptions) -> dict[Delta
     return bodies
 
 
+def _version(codec: DeltaCodec, options: DeltaOptions) -> int:
+    """The format version a codec's body is written in: only the tensor codec changed in version 2."""
+    return options.format_version if codec is DeltaCodec.TENSOR else 1
+
+
 def _verifies(base: bytes, data: bytes) -> bool:
     from modelfleet.bundle._delta_apply import apply  # noqa: PLC0415 - apply imports nothing of encode; avoid a cycle
 
@@ -160,17 +170,20 @@ def encode(base: bytes | Path, target: bytes | Path, *, options: DeltaOptions | 
     options = options or DeltaOptions()
     if not options.codecs:
         raise ValueError("DeltaOptions.codecs is empty")
+    if options.format_version not in READABLE_VERSIONS:
+        msg = f"DeltaOptions.format_version {options.format_version} is not one of {READABLE_VERSIONS}"
+        raise ValueError(msg)
     started = time.perf_counter()
     old, new = _load(base), _load(target)
     bodies = _candidates(old, new, options)
     if not bodies:
         bodies[DeltaCodec.ZSTD] = zstd_prefix_encode(old, new, options.level)
     identity = (hashlib.sha256(old).hexdigest(), len(old), hashlib.sha256(new).hexdigest(), len(new))
-    files = {codec: DeltaHeader(*identity, codec).to_bytes() + body for codec, body in bodies.items()}
+    headers = {codec: DeltaHeader(*identity, codec, _version(codec, options)) for codec in bodies}
+    files = {codec: headers[codec].to_bytes() + body for codec, body in bodies.items()}
     sizes = {codec: len(data) for codec, data in files.items()}
     for codec in sorted(files, key=lambda c: sizes[c]):
         if not options.verify or _verifies(old, files[codec]):
-            header = DeltaHeader(*identity, codec)
-            return EncodedDelta(files[codec], header, sizes, time.perf_counter() - started)
+            return EncodedDelta(files[codec], headers[codec], sizes, time.perf_counter() - started)
     msg = f"no delta candidate rebuilt the target ({', '.join(sizes)}); this is a bug in the encoder"
     raise ValueError(msg)

@@ -20,6 +20,7 @@ from modelfleet.errors import DeltaError
 __all__ = [
     "DELTA_FORMAT_VERSION",
     "DELTA_MAGIC",
+    "READABLE_VERSIONS",
     "DeltaCodec",
     "DeltaHeader",
     "ReadBuffer",
@@ -28,7 +29,8 @@ __all__ = [
 ]
 
 DELTA_MAGIC = b"\x89MFD"
-DELTA_FORMAT_VERSION = 1
+DELTA_FORMAT_VERSION = 2  # the newest this writer knows; 2 changed only the tensor codec's payloads
+READABLE_VERSIONS = (1, 2)
 _MAX_HEADER = len(DELTA_MAGIC) + 2 + 2 * (32 + 10)
 
 
@@ -53,6 +55,9 @@ class DeltaHeader:
 
     def to_bytes(self) -> bytes:
         """Serialize magic, version, codec, then base and target sha256 and size."""
+        if self.format_version not in READABLE_VERSIONS:
+            msg = f"delta format version {self.format_version} cannot be written; known: {READABLE_VERSIONS}"
+            raise ValueError(msg)
         return b"".join(
             (
                 DELTA_MAGIC,
@@ -89,8 +94,9 @@ def parse_header(data: bytes) -> DeltaHeader:
     if data[: len(DELTA_MAGIC)] != DELTA_MAGIC:
         raise _bad("not a modelfleet delta (.mfd): the magic bytes differ")
     version, codec_id = data[len(DELTA_MAGIC)], data[len(DELTA_MAGIC) + 1]
-    if version != DELTA_FORMAT_VERSION:
-        msg = f"delta format version {version} is not supported (this reader knows {DELTA_FORMAT_VERSION})"
+    if version not in READABLE_VERSIONS:
+        known = ", ".join(map(str, READABLE_VERSIONS))
+        msg = f"delta format version {version} is not supported (this reader knows {known})"
         raise _bad(msg, "unsupported_version")
     if codec_id not in _CODECS:
         msg = f"delta codec {codec_id} is unknown"

@@ -1,12 +1,13 @@
-"""Byte planes, each packed to the fewest bits that hold most of its values, before zstandard.
+"""Byte planes, each packed to the fewest bits that hold most of its values, before entropy coding.
 
 A weight difference is split into planes by significance (all low bytes, then
 the next, ...). A plane of small values (an INT8 fine-tune: mostly 0 and +-1
 after zigzag; the sign and exponent plane of a float fine-tune: mostly 0) packs
-2, 4 or 8 values into a byte, with larger values escaped and listed after. That
-keeps zstandard's Huffman stage (at least one bit per byte) close to the plane's
-order-0 entropy. Layout per plane: one byte ``bits`` (1, 2, 4 or 8), the packed
-codes, then one byte per escaped value.
+2, 4 or 8 values into a byte, with larger values escaped and listed after, so
+no coder pays per byte what a value needs per bit. Layout per plane: one byte
+``bits`` (1, 2, 4 or 8), the packed codes, then one byte per escaped value.
+Format 1 sends all planes through one zstd frame; format 2 codes each packed
+plane on its own (``_delta_streams``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,16 @@ import numpy.typing as npt
 from modelfleet.bundle._delta_format import ReadBuffer
 from modelfleet.errors import DeltaError
 
-__all__ = ["pack_planes", "planes_entropy", "unpack_planes"]
+__all__ = [
+    "byte_planes",
+    "entropy_bytes",
+    "pack_plane",
+    "pack_planes",
+    "plane_bound",
+    "planes_entropy",
+    "read_plane",
+    "unpack_planes",
+]
 
 _WIDTHS = (1, 2, 4)
 _SAMPLE = 1 << 18  # values looked at to choose a width: choosing is an estimate, packing is exact
@@ -31,7 +41,7 @@ def _sample(values: Bytes) -> tuple[Bytes, float]:
     return sample, values.size / max(1, sample.size)
 
 
-def _entropy_bytes(values: Bytes) -> float:
+def entropy_bytes(values: Bytes) -> float:
     """Order-0 empirical entropy of ``values`` in bytes: what an ideal entropy coder would need."""
     if values.size == 0:
         return 0.0
@@ -41,14 +51,18 @@ def _entropy_bytes(values: Bytes) -> float:
     return float(-(counts * np.log2(p)).sum() / 8)
 
 
+def byte_planes(values: npt.NDArray[np.unsignedinteger]) -> npt.NDArray[np.uint8]:
+    """The byte planes of little-endian words: row ``i`` holds byte ``i`` of every word (a strided view)."""
+    planes: npt.NDArray[np.uint8] = values.view(np.uint8).reshape(-1, values.dtype.itemsize).T
+    return planes
+
+
 def planes_entropy(values: npt.NDArray[np.unsignedinteger]) -> float:
     """Sum of the order-0 entropies (bytes) of the byte planes of ``values``."""
-    width = values.dtype.itemsize
-    planes = values.view(np.uint8).reshape(-1, width).T
     total = 0.0
-    for plane in planes:
+    for plane in byte_planes(values):
         sample, scale = _sample(plane)
-        total += _entropy_bytes(np.ascontiguousarray(sample)) * scale
+        total += entropy_bytes(np.ascontiguousarray(sample)) * scale
     return total
 
 
@@ -73,12 +87,13 @@ def _unpack(packed: Bytes, bits: int, count: int) -> Bytes:
     return np.stack(slots, axis=1).reshape(-1)[:count]
 
 
-def _plane(plane: Bytes) -> bytes:
+def pack_plane(plane: Bytes) -> bytes:
+    """Pack one byte plane: a bits byte (1, 2, 4 or 8), the codes, then the escaped values."""
     sample, _ = _sample(plane)
-    best_bits, best_cost = 8, _entropy_bytes(sample)
+    best_bits, best_cost = 8, entropy_bytes(sample)
     for bits in _WIDTHS:
         packed, escaped = _pack(sample, bits)
-        cost = _entropy_bytes(packed) + _entropy_bytes(escaped) + 0.05 * escaped.size
+        cost = entropy_bytes(packed) + entropy_bytes(escaped) + 0.05 * escaped.size
         if cost < best_cost:
             best_bits, best_cost = bits, cost
     if best_bits == 8:  # noqa: PLR2004 - a plain byte plane
@@ -89,12 +104,16 @@ def _plane(plane: Bytes) -> bytes:
 
 def pack_planes(values: npt.NDArray[np.unsignedinteger]) -> bytes:
     """Split little-endian words into byte planes and pack each one."""
-    width = values.dtype.itemsize
-    planes = values.view(np.uint8).reshape(-1, width).T
-    return b"".join(_plane(np.ascontiguousarray(plane)) for plane in planes)
+    return b"".join(pack_plane(np.ascontiguousarray(plane)) for plane in byte_planes(values))
 
 
-def _read_plane(buffer: ReadBuffer, count: int) -> Bytes:
+def plane_bound(count: int) -> int:
+    """Largest packed form of a plane of ``count`` values: the bits byte, codes and escapes."""
+    return 1 + 2 * count
+
+
+def read_plane(buffer: ReadBuffer, count: int) -> Bytes:
+    """Read one plane of ``count`` values written by :func:`pack_plane`."""
     (bits,) = buffer.take(1)
     if bits == 8:  # noqa: PLR2004 - a plain byte plane
         return np.frombuffer(buffer.take(count), dtype=np.uint8)
@@ -115,5 +134,5 @@ def unpack_planes(
     """Read ``count`` words of ``dtype`` written by :func:`pack_planes`."""
     planes = np.empty((count, dtype.itemsize), dtype=np.uint8)
     for index in range(dtype.itemsize):
-        planes[:, index] = _read_plane(buffer, count)
+        planes[:, index] = read_plane(buffer, count)
     return planes.view(dtype).reshape(-1)

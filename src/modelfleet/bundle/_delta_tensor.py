@@ -4,7 +4,8 @@ The difference is wrapping subtraction for integers (a re-quantized weight that
 moved by one step is ``1``) and XOR of the bit patterns for floats (a slightly
 fine-tuned float keeps sign, exponent and high mantissa bits, so its XOR has
 zero high bytes). Bytes are grouped by significance (byte planes) before
-zstandard, so the near-constant high planes compress to almost nothing.
+entropy coding, so the near-constant high planes compress to almost nothing;
+``_delta_payload`` lays the planes out per format version.
 """
 
 from __future__ import annotations
@@ -13,12 +14,11 @@ import enum
 
 import numpy as np
 import numpy.typing as npt
-import zstandard
 
-from modelfleet.bundle._delta_format import ReadBuffer, varint
-from modelfleet.bundle._delta_generic import bounded_decompress
+from modelfleet.bundle._delta_format import DELTA_FORMAT_VERSION
 from modelfleet.bundle._delta_onnx import ElementKind
-from modelfleet.bundle._delta_planes import pack_planes, planes_entropy, unpack_planes
+from modelfleet.bundle._delta_payload import MAX_SPARSE_COUNT, dense_payload, read_dense, read_sparse, sparse_payload
+from modelfleet.bundle._delta_planes import planes_entropy
 from modelfleet.errors import DeltaError
 
 __all__ = ["TensorMode", "decode_tensor", "encode_tensor"]
@@ -71,21 +71,19 @@ def _undo(old: Words, diff: Words, kind: ElementKind) -> Words:
     return old + _unzigzag(diff) if kind.integer else old ^ diff
 
 
-def _compress(body: bytes, level: int) -> bytes:
-    return zstandard.ZstdCompressor(level=level).compress(body)
-
-
 def _gaps(positions: npt.NDArray[np.intp]) -> Words:
-    """Gaps between changed elements (mostly small), as little-endian u4."""
+    """Gaps between changed elements (mostly small), as little-endian u4: what the estimate looks at."""
     gaps: Words = (np.diff(positions, prepend=-1) - 1).astype("<u4")
     return gaps
 
 
-def _sparse(positions: npt.NDArray[np.intp], values: Words, level: int) -> bytes:
-    return _compress(varint(len(positions)) + pack_planes(_gaps(positions)) + pack_planes(values), level)
-
-
-def encode_tensor(old: bytes | memoryview, new: bytes | memoryview, kind: ElementKind, level: int) -> tuple[int, bytes]:
+def encode_tensor(
+    old: bytes | memoryview,
+    new: bytes | memoryview,
+    kind: ElementKind,
+    level: int,
+    version: int = DELTA_FORMAT_VERSION,
+) -> tuple[int, bytes]:
     """Return ``(mode, payload)`` that turns ``old`` into ``new`` (same length), the mode chosen by estimate.
 
     Each candidate's cost is estimated from order-0 entropies (sampled for large
@@ -101,67 +99,28 @@ def encode_tensor(old: bytes | memoryview, new: bytes | memoryview, kind: Elemen
         TensorMode.DENSE: planes_entropy(diff),
         TensorMode.DENSE_VALUES: planes_entropy(new_words),
     }
-    if positions.size <= _SPARSE_MAX_SHARE * diff.size and diff.size < 1 << 32:
+    if positions.size <= _SPARSE_MAX_SHARE * diff.size and diff.size < MAX_SPARSE_COUNT:
         where = planes_entropy(_gaps(positions))
         estimates[TensorMode.SPARSE] = where + planes_entropy(diff[positions])
         estimates[TensorMode.SPARSE_VALUES] = where + planes_entropy(new_words[positions])
     ranked = sorted(estimates, key=lambda m: estimates[m])
     close = [m for m in ranked[:2] if estimates[m] <= _CLOSE * estimates[ranked[0]]]
-    coded = [(mode, _payload(mode, diff, new_words, positions, level)) for mode in close]
+    coded = [(mode, _payload(mode, diff, new_words, positions, (level, version))) for mode in close]
     return min(coded, key=lambda option: len(option[1]))
 
 
-def _payload(mode: TensorMode, diff: Words, new_words: Words, positions: npt.NDArray[np.intp], level: int) -> bytes:
+def _payload(
+    mode: TensorMode, diff: Words, new_words: Words, positions: npt.NDArray[np.intp], coding: tuple[int, int]
+) -> bytes:
+    level, version = coding
     if mode in (TensorMode.DENSE, TensorMode.DENSE_VALUES):
-        return _compress(pack_planes(diff if mode == TensorMode.DENSE else new_words), level)
+        return dense_payload(diff if mode == TensorMode.DENSE else new_words, level, version)
     values = diff[positions] if mode == TensorMode.SPARSE else new_words[positions]
-    return _sparse(positions, values, level)
+    return sparse_payload(positions, values, level, version)
 
 
-def _body(payload: bytes | memoryview, most: int, what: str) -> ReadBuffer:
-    """Decompress a payload whose frame declares its size, refusing sizes beyond ``most``."""
-    try:
-        size = zstandard.frame_content_size(payload)
-    except zstandard.ZstdError:
-        msg = f"{what} is not a zstd frame"
-        raise DeltaError(msg, code="corrupt") from None
-    if size < 0 or size > most:
-        msg = f"{what} declares a size it cannot have"
-        raise DeltaError(msg, code="corrupt")
-    return ReadBuffer(bounded_decompress(payload, size, what), what)
-
-
-def _planes_bound(count: int, itemsize: int) -> int:
-    """Largest packed form of ``count`` words: per plane a bits byte, codes and escapes."""
-    return itemsize * (1 + 2 * count)
-
-
-def _sparse_body(
-    payload: bytes | memoryview, count: int, dtype: np.dtype[np.unsignedinteger]
-) -> tuple[npt.NDArray[np.int64], Words]:
-    most = 10 + _planes_bound(count, 4) + _planes_bound(count, dtype.itemsize)
-    body = _body(payload, most, "a sparse tensor payload")
-    changed = body.varint()
-    if changed > count:
-        raise DeltaError("a sparse tensor changes more elements than it has", code="corrupt")
-    gaps = unpack_planes(body, changed, np.dtype("<u4")).astype(np.int64)
-    values = unpack_planes(body, changed, dtype)
-    positions = np.cumsum(gaps + 1) - 1
-    if body.remaining or (changed and positions[-1] >= count):
-        raise DeltaError("a sparse tensor's positions run past its end", code="corrupt")
-    return positions, values
-
-
-def _dense_body(payload: bytes | memoryview, count: int, dtype: np.dtype[np.unsignedinteger]) -> Words:
-    body = _body(payload, _planes_bound(count, dtype.itemsize), "a dense tensor payload")
-    values = unpack_planes(body, count, dtype)
-    if body.remaining:
-        raise DeltaError("a dense tensor payload holds bytes after its planes", code="corrupt")
-    return values
-
-
-def decode_tensor(old: bytes, mode: int, payload: bytes | memoryview, kind: ElementKind) -> bytes:
-    """Rebuild a tensor's new bytes from its old bytes and the payload.
+def decode_tensor(old: bytes, mode: int, payload: bytes | memoryview, kind: ElementKind, version: int) -> bytes:
+    """Rebuild a tensor's new bytes from its old bytes and a payload of format ``version``.
 
     Raises:
         DeltaError: ``corrupt`` when the payload does not fit the tensor.
@@ -172,7 +131,7 @@ def decode_tensor(old: bytes, mode: int, payload: bytes | memoryview, kind: Elem
     count = len(old) // kind.itemsize
     old_words = _words(old, kind)
     if mode in (TensorMode.SPARSE, TensorMode.SPARSE_VALUES):
-        positions, values = _sparse_body(payload, count, dtype)
+        positions, values = read_sparse(payload, count, dtype, version)
         if mode == TensorMode.SPARSE_VALUES:
             new = old_words.copy()
             new[positions] = values
@@ -181,8 +140,8 @@ def decode_tensor(old: bytes, mode: int, payload: bytes | memoryview, kind: Elem
         diff[positions] = values
         return _undo(old_words, diff, kind).tobytes()
     if mode == TensorMode.DENSE:
-        return _undo(old_words, _dense_body(payload, count, dtype), kind).tobytes()
+        return _undo(old_words, read_dense(payload, count, dtype, version), kind).tobytes()
     if mode == TensorMode.DENSE_VALUES:
-        return _dense_body(payload, count, dtype).tobytes()
+        return read_dense(payload, count, dtype, version).tobytes()
     msg = f"tensor mode {mode} is unknown"
     raise DeltaError(msg, code="corrupt")

@@ -9,7 +9,8 @@ head retrained), each tool encodes and applies the delta in its own child
 process, so time and peak memory (``ru_maxrss`` from ``wait4``) are its own:
 
 - ``ours``: ``modelfleet.bundle.delta.encode`` / ``apply`` with default options
-  (its own zstd and bsdiff4 candidates run up to 8 MiB; above, only the tensor codec);
+  (its own zstd and bsdiff4 candidates run up to 8 MiB; above, only the tensor codec;
+  tensor deltas in format 2, a coder per byte plane);
 - ``bsdiff4``: ``bsdiff4.diff`` / ``bsdiff4.patch`` on the whole file;
 - ``zstd``: python-zstandard level 19, the old file as raw-content dictionary,
   window and match tables spanning both files, long-distance matching on;
@@ -173,6 +174,7 @@ def _tool(name: str, old: Path, new: Path, work: Path) -> dict[str, Any] | None:
 
         header = read_delta_header(delta)
         result["codec"] = header.codec.value
+        result["format_version"] = header.format_version
         result["header_bytes"] = header.length
     return result
 

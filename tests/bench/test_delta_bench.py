@@ -24,6 +24,7 @@ def test_a_quick_run_reports_every_tool_the_floor_and_the_goals(tmp_path):
         assert set(tool) >= TOOL_FIELDS
         assert 0 < tool["bytes"] < row["full_bytes"]
     assert row["tools"]["ours"]["codec"] == "tensor"
+    assert row["tools"]["ours"]["format_version"] == 2
     assert 0 < row["floor_bytes"] < row["tools"]["ours"]["bytes"]
     assert row["goals"]["not_larger_than_best_generic"] is True
     assert row["goals"]["vs_generic_goal"] == 0.92

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -169,9 +169,8 @@ def _dtype(name: str) -> np.dtype[np.generic]:
     return np.dtype(name)
 
 
-@dataclass(frozen=True, slots=True)
-class Scores:
-    """A classifier's answer per row: top-1 class and its confidence in [0, 1]."""
+class Scores(NamedTuple):
+    """A classifier's answer per row: top-1 class and its confidence in [0, 1] (made on every call: a tuple)."""
 
     top1: npt.NDArray[np.int64]
     confidence: npt.NDArray[np.float64]

@@ -76,9 +76,8 @@ class Prediction:
     reason: FailureKind | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class _Run:
-    """One version's attempt at one call."""
+class _Run(NamedTuple):
+    """One version's attempt at one call (a tuple: made on every call, it costs less than a frozen dataclass)."""
 
     outputs: Mapping[str, Array]
     scores: Scores | None
@@ -126,19 +125,23 @@ class _Version:
         shadow: ShadowComparison | None = None,
     ) -> None:
         """Count one run into this version's summary (if it keeps one)."""
-        if self.summarizer is None or features is None:
+        summarizer, scores = self.summarizer, run.scores
+        if summarizer is None or features is None:
             return
-        timeout = run.failure in _TIMEOUTS
-        self.summarizer.observe(
-            features,
-            run.scores.confidence if run.scores is not None else None,
-            run.scores.top1 if run.scores is not None else None,
-            run.latency_ms,
-            error=run.failure is not None and not timeout,
-            timeout=timeout,
-            fallback=fallback,
-            labels=labels,
-            shadow=shadow if run.scores is not None else None,
+        if scores is not None:
+            summarizer.observe(
+                features,
+                scores.confidence,
+                scores.top1,
+                run.latency_ms,
+                fallback=fallback,
+                labels=labels,
+                shadow=shadow,
+            )
+            return
+        timeout = run.failure in _TIMEOUTS  # a run without scores failed
+        summarizer.observe(
+            features, None, None, run.latency_ms, error=not timeout, timeout=timeout, fallback=fallback, labels=labels
         )
 
     def score_shadow(self, job: ShadowJob, timeout_s: float) -> None:
@@ -242,6 +245,7 @@ class Predictor:
             self.close()
             raise
         self._shadow = self._shadow_runner()
+        self._sliced = mode == "time_slice" and self._candidate is not None
         self._observer: InferenceObserver | None = None
         self._accepted: dict[Signature, int] = {}
         self._direct_features = _direct_features(self._active.layout, self._shadow is None)
@@ -279,8 +283,8 @@ class Predictor:
                 bundle's ``fallback_class`` can answer (the failure is still counted and recorded).
         """
         feeds, rows = self._checked(inputs)
-        labels = _labels(label, rows)
-        serving = self._serving()
+        labels = None if label is None else _labels(label, rows)
+        serving = self._serving() if self._sliced else self._active
         run = serving.run(feeds, rows, self._config.timeout_s)
         if self._observer is not None:
             self._observer(serving.manifest.name, serving.version, run.scores is None)

@@ -24,7 +24,7 @@ __all__ = ["MAX_SPARSE_COUNT", "dense_payload", "read_dense", "read_sparse", "sp
 
 MAX_SPARSE_COUNT = 1 << 32  # positions are coded below 2**32
 Words = npt.NDArray[np.unsignedinteger]
-Positions = npt.NDArray[np.intp]
+Positions = npt.NDArray[np.int64]
 
 
 # ------------------------------------------------------------------ writing
@@ -84,7 +84,7 @@ def _sparse_v1(payload: bytes | memoryview, count: int, dtype: np.dtype[np.unsig
     positions = np.cumsum(gaps + 1) - 1
     if body.remaining or (changed and positions[-1] >= count):
         raise DeltaError("a sparse tensor's positions run past its end", code="corrupt")
-    return positions.astype(np.intp), values
+    return positions, values
 
 
 # ------------------------------------------------------------------ reading, version 2

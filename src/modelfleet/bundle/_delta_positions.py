@@ -37,8 +37,23 @@ def gap_varints(positions: npt.NDArray[np.intp]) -> Bytes:
     return out
 
 
-def positions_from_varints(data: Bytes, changed: int, count: int) -> npt.NDArray[np.intp]:
-    """Decode ``changed`` gap varints into positions, each checked to lie inside ``count`` (< 2**32) elements.
+def _gaps(data: Bytes, ends: npt.NDArray[np.intp]) -> npt.NDArray[np.int64]:
+    """The value of each varint ending at ``ends`` (one int64 per gap, no per-byte index arrays)."""
+    if ends.size == data.size:  # every gap below 128, the usual case: one byte each
+        return data.astype(np.int64)
+    lengths = np.diff(ends, prepend=-1)
+    if int(lengths.max()) > MAX_GAP_BYTES:
+        raise DeltaError("a sparse tensor's gap varint is longer than five bytes", code="corrupt")
+    starts = ends - lengths + 1
+    gaps = np.zeros(ends.size, dtype=np.int64)
+    for group in range(int(lengths.max())):
+        longer = np.flatnonzero(lengths > group)
+        gaps[longer] |= (data[starts[longer] + group] & np.uint8(0x7F)).astype(np.int64) << (7 * group)
+    return gaps
+
+
+def positions_from_varints(data: Bytes, changed: int, count: int) -> npt.NDArray[np.int64]:
+    """Decode ``changed`` gap varints into positions, each checked to lie inside ``count`` elements.
 
     Raises:
         DeltaError: ``corrupt`` when the bytes hold another number of varints, one
@@ -48,16 +63,13 @@ def positions_from_varints(data: Bytes, changed: int, count: int) -> npt.NDArray
     if ends.size != changed or (changed and ends[-1] != data.size - 1):
         raise DeltaError("a sparse tensor's gap varints do not match its count of changes", code="corrupt")
     if changed == 0:
-        return np.zeros(0, dtype=np.intp)
-    starts = np.concatenate(([0], ends[:-1] + 1))
-    if int((ends - starts).max()) >= MAX_GAP_BYTES:
-        raise DeltaError("a sparse tensor's gap varint is longer than five bytes", code="corrupt")
-    group = np.arange(data.size) - np.repeat(starts, ends - starts + 1)
-    weighted = (data & np.uint8(0x7F)).astype(np.uint64) << (np.uint64(7) * group.astype(np.uint64))
-    gaps = np.add.reduceat(weighted, starts)
-    if int(gaps.max()) >= count:
+        return np.zeros(0, dtype=np.int64)
+    positions = _gaps(data, ends)
+    del ends
+    # Checked in float first: the positions end before ``count``, so the int64 running sum cannot overflow.
+    if float(positions.sum(dtype=np.float64)) + changed > count:
         raise DeltaError("a sparse tensor's positions run past its end", code="corrupt")
-    positions = np.cumsum(gaps + np.uint64(1)) - np.uint64(1)  # changed * count < 2**64: no overflow
-    if int(positions[-1]) >= count:
-        raise DeltaError("a sparse tensor's positions run past its end", code="corrupt")
-    return positions.astype(np.intp)
+    positions += 1
+    np.cumsum(positions, out=positions)
+    positions -= 1
+    return positions

@@ -65,7 +65,10 @@ def test_durations(text, seconds):
     assert parse_duration(text) == timedelta(seconds=seconds)
 
 
-@pytest.mark.parametrize("text", ["", "5", "5 years", "-3m", "91d", True])
+BAD_DURATIONS = ["", "5", "5 years", "-3m", "91d", True, 5.85e16, 1e308, "99999999999999999999d", float("nan")]
+
+
+@pytest.mark.parametrize("text", BAD_DURATIONS)
 def test_bad_durations(text):
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)

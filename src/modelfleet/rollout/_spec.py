@@ -84,18 +84,19 @@ def parse_duration(value: object) -> timedelta:
         ValueError: anything else, or a duration outside [0, 90 days].
     """
     if isinstance(value, timedelta):
-        duration = value
+        seconds = value.total_seconds()
     elif isinstance(value, int | float) and not isinstance(value, bool):
-        duration = timedelta(seconds=float(value))
+        seconds = float(value)
     elif isinstance(value, str) and (match := _DURATION.match(value)):
-        duration = timedelta(seconds=float(match[1]) * _UNIT_SECONDS[match[2]])
+        seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
     else:
         msg = f"{value!r} is not a duration (use seconds or a number with s, m, h or d, e.g. '30m')"
         raise ValueError(msg)
-    if not timedelta(0) <= duration <= _MAX_DURATION:
+    # Bounded in seconds before a timedelta is made: a huge number would overflow timedelta itself.
+    if not 0 <= seconds <= _MAX_DURATION.total_seconds():
         msg = f"duration {value!r} must be between 0 and 90 days"
         raise ValueError(msg)
-    return duration
+    return timedelta(seconds=seconds)
 
 
 Duration = Annotated[

@@ -132,3 +132,13 @@ def test_deltas_can_be_switched_off(root_v1, kit, v1_to_v2):
     assert journal.state == UpdateState.COMMITTED
     assert kit.server.seen("unused.mfd") == []
     assert events.of("installed").detail["delivery"] == "full"
+
+
+def test_a_rollback_to_a_kept_version_downloads_nothing(root_v1, kit):
+    journal, _ = install(root_v1, kit, kit.desired(kit.bundles.v2))
+    assert journal.state == UpdateState.COMMITTED
+    back = kit.desired(kit.bundles.v1, "v1-rollback.mfb", rollback=True)
+    journal, events = install(root_v1, kit, back)
+    assert journal.state == UpdateState.COMMITTED
+    assert events.of("installed").detail["delivery"] == "kept"
+    assert kit.server.seen("v1-rollback.mfb") == []

@@ -2,7 +2,21 @@
 
 from datetime import UTC, datetime, timedelta
 
-from modelfleet.store import claim_delta, delta_by_sha256, find_deltas, finish_delta, request_delta, write_transaction
+from sqlalchemy import insert
+
+from modelfleet.store import (
+    BundleRow,
+    ModelRow,
+    claim_delta,
+    delivery_totals,
+    delta_by_sha256,
+    find_deltas,
+    finish_delta,
+    insert_events,
+    request_delta,
+    write_transaction,
+)
+from modelfleet.telemetry import Event
 
 T0 = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 BASE, TARGET, BLOB = "a" * 64, "b" * 64, "c" * 64
@@ -54,3 +68,23 @@ def test_failed_and_skipped_pairs_keep_their_reason_and_are_not_served(engine):
         assert delta_by_sha256(connection, BLOB) == []
     assert record.status == "failed"
     assert record.reason == "x" * 1024
+
+
+def test_delivery_totals_count_the_bytes_each_way_of_arriving_took(engine):
+    with write_transaction(engine) as connection:
+        connection.execute(insert(ModelRow.__table__).values(name="m", created_at=T0))
+        connection.execute(
+            insert(BundleRow.__table__).values(
+                model="m", version="2.0.0", release=2, sha256="e" * 64, size=1000, manifest="{}", created="x",
+                signed_by=[], uploaded_at=T0,
+            )
+        )  # fmt: skip
+        details = [{"delivery": "full"}, {"delivery": "delta", "delta_bytes": 80}, {"delivery": "kept"},
+                   {"delivery": "full", "delta_bytes": 70, "delta_refused": "corrupt"}, {}]  # fmt: skip
+        for index, detail in enumerate(details):
+            event = Event(id="install-0001", kind="installed", at=T0, model="m", version="2.0.0", detail=detail)
+            insert_events(connection, f"d{index}", [event], now=T0)
+        (totals,) = delivery_totals(connection, "m")
+    assert (totals.installs, totals.by_delta, totals.bundle_bytes) == (5, 1, 5000)
+    assert totals.downloaded_bytes == 1000 + 80 + 0 + 1070 + 1000
+    assert totals.saved_bytes == 5000 - 3150

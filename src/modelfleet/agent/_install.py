@@ -590,7 +590,7 @@ class Installer:
         except BadDataError as exc:
             return _Outcome.of(_E.REFUSED, exc)
         if self.slots.exists(target.model, target.slot):
-            return _Outcome(_E.DOWNLOADED)  # kept from an earlier install; verified again next
+            return _Outcome(_E.DOWNLOADED, detail={"delivery": "kept"})  # from an earlier install; verified next
         delivery: dict[str, str | int] = {}
         if target.delta is not None and self.config.use_deltas:
             by_delta = fetch_by_delta(self._downloader, self.slots, target, journal.origin.current)

@@ -161,9 +161,9 @@ class DeliveryTotals:
 def delivery_totals(connection: Connection, model: str) -> list[DeliveryTotals]:
     """Per version of ``model``: installs, how many came by delta, bundle bytes and bytes actually downloaded.
 
-    A full download counts the bundle's size (plus a refused delta's bytes); a delta install
-    counts the delta. Events without a ``delivery`` (older agents, or a version kept from an
-    earlier install) count as full downloads.
+    A full download counts the bundle's size (plus a refused delta's bytes), a delta install
+    the delta, a version the device still kept (a rollback) nothing. Events without a
+    ``delivery`` (older agents) count as full downloads.
     """
     sizes = dict(connection.execute(select(_bundles.c.version, _bundles.c.size).where(_bundles.c.model == model)).all())
     rows = connection.execute(
@@ -174,11 +174,11 @@ def delivery_totals(connection: Connection, model: str) -> list[DeliveryTotals]:
         size = sizes.get(version)
         if size is None or (detail or {}).get("role") == "candidate":
             continue
+        delivery = (detail or {}).get("delivery")
         delta_bytes = int((detail or {}).get("delta_bytes") or 0)
-        by_delta = (detail or {}).get("delivery") == "delta"
         entry = totals.setdefault(version, [0, 0, 0, 0])
         entry[0] += 1
-        entry[1] += by_delta
+        entry[1] += delivery == "delta"
         entry[2] += size
-        entry[3] += delta_bytes if by_delta else size + delta_bytes
+        entry[3] += {"delta": delta_bytes, "kept": 0}.get(str(delivery), size + delta_bytes)
     return [DeliveryTotals(version, *entry) for version, entry in sorted(totals.items())]

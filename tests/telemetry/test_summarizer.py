@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 
 from modelfleet.bundle import BuildOptions, SigningKey, ValidationSet, build_bundle
-from modelfleet.clock import ManualClock
+from modelfleet.clock import ManualClock, SystemClock
 from modelfleet.sim import tiny_cnn
 from modelfleet.telemetry import (
     LATENCY_EDGES_MS,
@@ -204,6 +204,18 @@ def test_windows_align_to_multiples_of_their_length_since_the_epoch():
     window_start = only(summarizer.flush(final=True)).window_start
     assert window_start.timestamp() % 3600 == 0
     assert window_start <= clock.now() < window_start + timedelta(hours=1)
+
+
+def test_the_system_clock_counts_a_row_in_the_window_of_now():
+    before = datetime.now(UTC)
+    summarizer = Summarizer(LAYOUT, "digits", "1.1.0", "active", SystemClock(), 300, salt=b"s")
+
+    summarizer.observe(np.zeros((1, 3)), np.array([0.5]), np.array([0]), 1.0)
+
+    after = datetime.now(UTC)
+    start = only(summarizer.flush(final=True)).window_start
+    assert start <= after
+    assert before < start + timedelta(seconds=300)
 
 
 def test_ids_are_deterministic_for_a_salt_and_never_repeat():
@@ -572,3 +584,13 @@ def test_a_batch_of_more_rows_than_a_byte_holds_counts_every_row():
     summarizer.observe(np.full((1, 1), 0.5), np.array([0.5]), np.array([0]), 1.0)
 
     assert only(summarizer.flush(final=True)).feature_counts == ((0, 1, rows),)
+
+
+def test_features_of_a_single_bin_count_every_row_in_it():
+    layout = SummaryLayout(((-INF, INF), (0.0, 1.0)), (0.0, 1.0), 2, (("x", 2),))
+    summarizer = Summarizer(layout, "m", "1.0.0", "active", ManualClock(START), salt=b"s")
+
+    summarizer.observe(np.array([[5.0, -1.0]]), np.array([0.5]), np.array([1]), 1.0)
+    summarizer.observe(np.zeros((3, 2)), np.full(3, 0.5), np.zeros(3, np.int64), 1.0)
+
+    assert only(summarizer.flush(final=True)).feature_counts == ((4,), (4,))

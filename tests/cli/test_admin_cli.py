@@ -566,6 +566,13 @@ def test_a_rollout_from_plan_to_fleet_wide_rollback_through_the_cli(server, push
     answer = httpx.post(f"{server.url}/v1/devices/checkin", json=body, headers=headers, trust_env=False).json()
     (wanted,) = answer["desired"]
     assert (wanted["version"], wanted["rollback"], wanted["rollout_id"]) == ("1.0.0", True, rollout["id"])
+    # The device follows the rollback, so the reconciler's next look ends it (and the model is free again).
+    body["installed"] = [{"model": "digits", "version": "1.0.0", "release": 1, "state": "committed"}]
+    httpx.post(f"{server.url}/v1/devices/checkin", json=body, headers=headers, trust_env=False).raise_for_status()
+    deadline = time.monotonic() + 60
+    while json.loads(server.admin("rollout", "status", rollout["id"], "--json").stdout)["state"] != "rolled_back":
+        assert time.monotonic() < deadline, "the rollback did not finish after the device followed it"
+        time.sleep(0.5)
 
     audit = httpx.get(f"{server.url}/v1/admin/audit", headers={"Authorization": f"Bearer {server.token}"},
                       params={"action": "rollout.plan_forced"}, trust_env=False).json()  # fmt: skip

@@ -35,7 +35,8 @@ SPEC = {
 def start(fleet, **changes):
     spec = parse_spec({**SPEC, **changes})
     with fleet.sessions.begin() as session:
-        row = new_rollout(session, spec, now=fleet.clock.now(), actor="alice")
+        # A fixed salt: cohorts (which seeded devices are treated) are the same in every run.
+        row = new_rollout(session, spec, now=fleet.clock.now(), actor="alice", salt="reconciler-tests")
         run_command(session, row.id, Event.START, actor="alice", role="admin", now=fleet.clock.now())
         return row.id
 

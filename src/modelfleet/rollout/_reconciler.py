@@ -101,11 +101,14 @@ def _compared(cohorts: Mapping[str, Cohort]) -> int:
     return sum(1 for cohort in cohorts.values() if cohort in {Cohort.TREATED, Cohort.HOLDOUT})
 
 
-def new_rollout(session: Session, spec: RolloutSpec, *, now: datetime, actor: str) -> RolloutRow:
+def new_rollout(
+    session: Session, spec: RolloutSpec, *, now: datetime, actor: str, salt: str | None = None
+) -> RolloutRow:
     """Create a pending rollout of ``spec`` against the model's current ``stable`` version.
 
     The baseline (what holdout devices keep, and where a rollback returns) is
     the ``stable`` alias if set, else the newest unyanked release below the new one.
+    ``salt`` seeds the cohort hashing (default: a fresh random one; tests pass their own).
 
     Raises:
         NotFoundError: the model or version does not exist.
@@ -136,7 +139,7 @@ def new_rollout(session: Session, spec: RolloutSpec, *, now: datetime, actor: st
         version=spec.version,
         baseline_version=baseline_version(session, bundle),
         spec=spec.canonical(),
-        salt=secrets.token_hex(16),
+        salt=salt or secrets.token_hex(16),
         now=now,
         created_by=actor,
     )

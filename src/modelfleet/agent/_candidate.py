@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from modelfleet.agent._slots import CANDIDATE, fsync_dir, slot_name
+from modelfleet.agent._slots import CANDIDATE, fsync_dir, replace_durably, slot_name
 from modelfleet.protocol import DesiredModel, TimeSlice
 
 __all__ = ["CandidateFile", "CandidateRecord", "CandidateState", "Serving", "assignment_of"]
@@ -132,18 +130,7 @@ class CandidateFile:
 
     def save(self, record: CandidateRecord) -> None:
         """Replace the record atomically and durably."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(record.model_dump_json(indent=1).encode())
-                handle.flush()
-                os.fsync(handle.fileno())
-            Path(temp).replace(self.path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
-        fsync_dir(self.path.parent)
+        replace_durably(self.path, record.model_dump_json(indent=1).encode())
 
     def remove(self) -> None:
         """Forget the record (the experiment stopped)."""

@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from modelfleet.agent._slots import fsync_dir
+from modelfleet.agent._slots import replace_durably
 from modelfleet.agent._update import UpdateState
 from modelfleet.protocol import Artifact, DesiredModel
 from modelfleet.telemetry import Event, EventKind
@@ -199,15 +197,4 @@ class JournalFile:
 
     def save(self, journal: Journal) -> None:
         """Replace the journal atomically and durably."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(journal.to_bytes())
-                handle.flush()
-                os.fsync(handle.fileno())
-            Path(temp).replace(self.path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
-        fsync_dir(self.path.parent)
+        replace_durably(self.path, journal.to_bytes())

@@ -29,6 +29,7 @@ import os
 import secrets
 import shutil
 import stat
+import tempfile
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,7 @@ __all__ = [
     "SlotHandle",
     "SlotStore",
     "fsync_dir",
+    "replace_durably",
     "slot_name",
 ]
 
@@ -454,6 +456,22 @@ def _check_identity(manifest: Manifest, model: str, version: str) -> None:
     if (manifest.name, manifest.version) != (model, version):
         msg = f"bundle is {manifest.name} {manifest.version}, but {model} {version} was assigned"
         raise ManifestError(msg, code="identity")
+
+
+def replace_durably(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically and durably: temp file, fsync, rename, fsync the directory."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        Path(temp).replace(path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 def _write_durably(path: Path, data: bytes) -> None:

@@ -22,6 +22,7 @@ from modelfleet.agent import (
     DeviceIdentity,
 )
 from modelfleet.agent._client import ServerAuth
+from modelfleet.agent._http import HttpClient, MockTransport, Request, Response
 from modelfleet.bundle import DeviceProfile
 from modelfleet.clock import ManualClock, SystemClock
 from modelfleet.errors import ConfigError, ConflictError, PermissionDeniedError, TransportError
@@ -105,6 +106,22 @@ def test_enroll_request_is_signed_with_the_clock_time(tmp_path: Path) -> None:
     assert request.issued_at == at
     signature = base64.b64decode(request.proof)
     identity.key.public_key().verify(signature, enrollment_message(request))  # raises when wrong
+
+
+def test_an_identity_whose_key_belongs_to_another_device_is_refused_when_it_signs(tmp_path: Path) -> None:
+    mine = DeviceIdentity.load_or_create(tmp_path / "mine", "pi-mine-01")
+    other = DeviceIdentity.load_or_create(tmp_path / "other", "pi-other-01")
+    (tmp_path / "mine" / "identity" / "device.key").write_bytes(other.key_pem)
+    swapped = DeviceIdentity.load(tmp_path / "mine")
+    assert swapped is not None
+    assert swapped.public_key == mine.public_key  # device.json still names the first key pair
+    with pytest.raises(ConfigError) as refused:
+        swapped.enroll_request(PROFILE, SystemClock(), "mfe_token")
+    assert refused.value.code == "bad_identity"
+    (tmp_path / "mine" / "identity" / "device.key").write_bytes(b"not a key")
+    with pytest.raises(ConfigError) as unreadable:
+        DeviceIdentity.load(tmp_path / "mine")
+    assert unreadable.value.code == "bad_identity"
 
 
 def test_enroll_pending_then_accepted(tmp_path: Path, live: Live) -> None:
@@ -196,25 +213,58 @@ def test_server_auth_sends_the_credential_to_the_server_only() -> None:
     auth = ServerAuth("https://fleet.example.com", lambda: "mfd_secret")
     seen: list[tuple[str, str | None]] = []
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append((str(request.url), request.headers.get("Authorization")))
-        return httpx.Response(200)
+    def handler(request: Request) -> Response:
+        seen.append((request.url, request.headers.get("Authorization")))
+        return Response.of(200)
 
-    with httpx.Client(transport=httpx.MockTransport(handler), auth=auth) as http:
-        http.get("https://fleet.example.com/v1/artifacts/abc")
-        http.get("https://fleet.example.com:443/x")
-        http.get("https://cdn.example.net/abc")
-        http.get("http://fleet.example.com/v1/artifacts/abc")
+    with HttpClient(transport=MockTransport(handler), auth=auth) as http:
+        for url in (
+            "https://fleet.example.com/v1/artifacts/abc",
+            "https://fleet.example.com:443/x",
+            "https://cdn.example.net/abc",
+            "http://fleet.example.com/v1/artifacts/abc",
+        ):
+            http.request("GET", url).close()
     assert [header for _, header in seen] == ["Bearer mfd_secret", "Bearer mfd_secret", None, None]
 
 
+def test_a_redirect_to_another_origin_carries_no_credential() -> None:
+    auth = ServerAuth("https://fleet.example.com", lambda: "mfd_secret")
+    seen: list[tuple[str, str, str | None]] = []
+
+    def handler(request: Request) -> Response:
+        seen.append((request.method, request.url, request.headers.get("Authorization")))
+        if request.url.startswith("https://fleet.example.com"):
+            return Response.of(307, headers={"Location": "https://cdn.example.net/blob?sig=1"})
+        return Response.of(200, b"payload")
+
+    with (
+        HttpClient(transport=MockTransport(handler), auth=auth) as http,
+        http.request("GET", "https://fleet.example.com/v1/artifacts/abc") as reply,
+    ):
+        assert (reply.status_code, reply.read(100)) == (200, b"payload")
+    assert seen == [
+        ("GET", "https://fleet.example.com/v1/artifacts/abc", "Bearer mfd_secret"),
+        ("GET", "https://cdn.example.net/blob?sig=1", None),
+    ]
+
+
+def test_endless_redirects_are_a_transport_error() -> None:
+    loop = MockTransport(lambda request: Response.of(302, headers={"Location": request.url}))
+    with HttpClient(transport=loop, max_redirects=3) as http, pytest.raises(TransportError) as failed:
+        http.request("GET", "http://fleet.test/a")
+    assert failed.value.code == "connection"
+    assert "more than 3 redirects" in failed.value.message
+
+
 def test_server_errors_are_transport_errors() -> None:
-    transport = httpx.MockTransport(lambda _request: httpx.Response(503, json={"error": "busy", "message": "later"}))
+    busy = b'{"error": "busy", "message": "later"}'
+    transport = MockTransport(lambda _request: Response.of(503, busy, {"Content-Type": "application/json"}))
     with DeviceClient("http://fleet.test", credential="mfd_x", transport=transport) as client:
         with pytest.raises(TransportError) as failed:
             client.checkin(CheckinRequest(inventory=PROFILE))
         assert failed.value.code == "http_503"
-    garbled = httpx.MockTransport(lambda _request: httpx.Response(200, content=b"<html>"))
+    garbled = MockTransport(lambda _request: Response.of(200, b"<html>"))
     with DeviceClient("http://fleet.test", credential="mfd_x", transport=garbled) as client:
         with pytest.raises(TransportError) as failed:
             client.checkin(CheckinRequest(inventory=PROFILE))

@@ -35,6 +35,7 @@ from modelfleet.agent import (
     DownloadPolicy,
     HealthPolicy,
     Predictor,
+    Response,
     RuntimeConfig,
     SlotStore,
     agent_status,
@@ -244,14 +245,14 @@ def test_enroll_install_commit_and_304(tmp_path: Path, live: LiveServer, device:
         install_flow(live, agent)
         etag = agent.state.etag
         seen: list[int] = []
-        original = agent.client._http.post
+        original = agent.client._http.request
 
-        def post(*args: Any, **kwargs: Any) -> httpx.Response:
+        def request(*args: Any, **kwargs: Any) -> Response:
             reply = original(*args, **kwargs)
             seen.append(reply.status_code)
             return reply
 
-        agent.client._http.post = post  # type: ignore[method-assign]
+        agent.client._http.request = request  # type: ignore[method-assign]
         assert agent.step().ok
         assert seen == [304]
         assert agent.state.etag == etag

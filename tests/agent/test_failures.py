@@ -2,17 +2,18 @@
 
 import errno
 
-import httpx
 import pytest
 
 from modelfleet.agent._failures import disk_failure, http_failure
+from modelfleet.agent._http import ExchangeError
 
 HTTP_FAILURES = {
-    "no connection in time": (httpx.ConnectTimeout("slow"), "timeout", "connect_timeout"),
-    "silent peer, client": (httpx.ReadTimeout("quiet"), "timeout", "timeout"),
-    "silent peer, download": (httpx.ReadTimeout("quiet"), "stalled", "stalled"),
-    "refused": (httpx.ConnectError("refused"), "timeout", "connection"),
-    "cut short": (httpx.RemoteProtocolError("peer closed"), "stalled", "connection"),
+    "no connection in time": (ExchangeError("slow", code="connect_timeout"), "timeout", "connect_timeout"),
+    "silent peer, client": (ExchangeError("quiet", code="read_timeout"), "timeout", "timeout"),
+    "silent peer, download": (ExchangeError("quiet", code="read_timeout"), "stalled", "stalled"),
+    "answer over its bound": (ExchangeError("long", code="too_large"), "timeout", "bad_response"),
+    "refused": (ExchangeError("refused", code="connection"), "timeout", "connection"),
+    "cut short": (ExchangeError("peer closed", code="connection"), "stalled", "connection"),
 }
 
 

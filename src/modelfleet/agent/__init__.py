@@ -6,7 +6,8 @@ events into an :class:`Outbox` and forwards them when the link is up.
 Names load on first use (PEP 562), so ``import modelfleet.agent`` stays light: the
 agent loop, which holds no model while idle, never loads ONNX Runtime or numpy
 through this package, and an application pays only for what it uses. Modules:
-``_daemon`` (the loop, config, state), ``_client`` (device API), ``_download``
+``_daemon`` (the loop, config, state), ``_client`` (device API) over ``_http`` (the
+HTTP client and its transports), ``_download``
 (resumable bounded downloads), ``_install`` (the update engine over the table in
 ``_update``, journaled by ``_journal``), ``_slots`` (versions and symlinks),
 ``_health`` (the post-switch check), ``_predictor`` with ``_worker`` / ``_inline``
@@ -18,15 +19,26 @@ credential), ``_wake`` (MQTT wake-ups), ``_runtime`` (the runtime interface).
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from modelfleet._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from modelfleet.agent._candidate import CandidateRecord, Serving
-    from modelfleet.agent._client import ClientTimeouts, ClockSkewError, CredentialRejectedError, DeviceClient
+    from modelfleet.agent._client import ClockSkewError, CredentialRejectedError, DeviceClient
     from modelfleet.agent._daemon import Agent, AgentConfig, AgentState, StepResult, agent_status
     from modelfleet.agent._download import Downloader, DownloadPolicy, FreeSpace, backoff_delay, disk_free
     from modelfleet.agent._health import HealthPolicy, HealthReport, LiveVerdict, LiveWatch, check_health
+    from modelfleet.agent._http import (
+        ClientTimeouts,
+        ExchangeError,
+        HttpClient,
+        HttpTransport,
+        MockTransport,
+        Request,
+        Response,
+        Transport,
+    )
     from modelfleet.agent._identity import CredentialFile, DeviceIdentity
     from modelfleet.agent._install import EventSink, InstallConfig, Installer, crash_checkpoint
     from modelfleet.agent._journal import FailedVersion, Journal, JournalFile, Origin, Target
@@ -45,7 +57,7 @@ _EXPORTS = {
     "AgentConfig": "_daemon",
     "AgentState": "_daemon",
     "CandidateRecord": "_candidate",
-    "ClientTimeouts": "_client",
+    "ClientTimeouts": "_http",
     "ClockSkewError": "_client",
     "CrashPoint": "_update",
     "CredentialFile": "_identity",
@@ -55,10 +67,13 @@ _EXPORTS = {
     "DownloadPolicy": "_download",
     "Downloader": "_download",
     "EventSink": "_install",
+    "ExchangeError": "_http",
     "FailedVersion": "_journal",
     "FreeSpace": "_download",
     "HealthPolicy": "_health",
     "HealthReport": "_health",
+    "HttpClient": "_http",
+    "HttpTransport": "_http",
     "InstallConfig": "_install",
     "InstalledVersion": "_predictor",
     "Installer": "_install",
@@ -67,6 +82,7 @@ _EXPORTS = {
     "JournalFile": "_journal",
     "LiveVerdict": "_health",
     "LiveWatch": "_health",
+    "MockTransport": "_http",
     "OnnxRuntime": "_runtime",
     "Origin": "_journal",
     "Outbox": "_outbox",
@@ -74,6 +90,8 @@ _EXPORTS = {
     "OutboxItem": "_outbox",
     "Prediction": "_predictor",
     "Predictor": "_predictor",
+    "Request": "_http",
+    "Response": "_http",
     "Runtime": "_runtime",
     "RuntimeConfig": "_runtime",
     "Slot": "_slots",
@@ -83,6 +101,7 @@ _EXPORTS = {
     "SlotStore": "_slots",
     "StepResult": "_daemon",
     "Target": "_journal",
+    "Transport": "_http",
     "UpdateEvent": "_update",
     "UpdateState": "_update",
     "WakeListener": "_wake",
@@ -113,10 +132,13 @@ __all__ = [
     "DownloadPolicy",
     "Downloader",
     "EventSink",
+    "ExchangeError",
     "FailedVersion",
     "FreeSpace",
     "HealthPolicy",
     "HealthReport",
+    "HttpClient",
+    "HttpTransport",
     "InstallConfig",
     "InstalledVersion",
     "Installer",
@@ -125,6 +147,7 @@ __all__ = [
     "JournalFile",
     "LiveVerdict",
     "LiveWatch",
+    "MockTransport",
     "OnnxRuntime",
     "Origin",
     "Outbox",
@@ -132,6 +155,8 @@ __all__ = [
     "OutboxItem",
     "Prediction",
     "Predictor",
+    "Request",
+    "Response",
     "Runtime",
     "RuntimeConfig",
     "ServedPredictor",
@@ -141,6 +166,7 @@ __all__ = [
     "SlotStore",
     "StepResult",
     "Target",
+    "Transport",
     "UpdateEvent",
     "UpdateState",
     "WakeListener",
@@ -154,16 +180,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:  # noqa: ANN401 - any exported object
-    """Import the module that defines ``name`` on first use."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        msg = f"module {__name__!r} has no attribute {name!r}"
-        raise AttributeError(msg)
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,4 +1,4 @@
-"""``DeviceClient``: the agent's side of the device API (ADR 0003) over httpx.
+"""``DeviceClient``: the agent's side of the device API (ADR 0003) over the agent's own HTTP client (ADR 0011).
 
 Every failure becomes a :class:`~modelfleet.errors.ModelfleetError` the loop can
 act on: :class:`CredentialRejectedError` (401 on a device route: revoked or
@@ -11,17 +11,18 @@ answers: retry later with backoff), and the refusals that retrying will not fix
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Self, TypeVar
 
-import httpx
 from pydantic import BaseModel, ValidationError
 
 from modelfleet.agent._failures import http_failure
+from modelfleet.agent._http import ClientTimeouts, ExchangeError, HttpClient, ServerAuth, Transport
 from modelfleet.errors import (
     AuthenticationError,
     BadDataError,
@@ -41,6 +42,9 @@ from modelfleet.protocol import (
 )
 
 __all__ = ["ClientTimeouts", "ClockSkewError", "CredentialRejectedError", "DeviceClient", "ServerAuth"]
+
+MAX_REPLY_BYTES = 16 * 1024 * 1024
+"""The largest device-API answer read; a longer one is a ``bad_response``."""
 
 _Model = TypeVar("_Model", bound=BaseModel)
 _HTTP_UNAUTHORIZED = 401
@@ -73,42 +77,13 @@ class ClockSkewError(AuthenticationError):
 
 
 @dataclass(frozen=True, slots=True)
-class ClientTimeouts:
-    """Bounds of one API request (downloads have their own, in ``DownloadPolicy``)."""
+class _Reply:
+    """A device-API answer, read whole."""
 
-    connect_s: float = 10.0
-    read_s: float = 30.0
-    write_s: float = 30.0
-    pool_s: float = 10.0
-
-    def httpx(self) -> httpx.Timeout:
-        """As an ``httpx.Timeout``."""
-        return httpx.Timeout(connect=self.connect_s, read=self.read_s, write=self.write_s, pool=self.pool_s)
-
-
-class ServerAuth(httpx.Auth):
-    """Adds the device credential to requests for the fleet server's origin only (never to a CDN).
-
-    Args:
-        base_url: the server's base URL.
-        credential: returns the current credential (it may rotate), or ``None``.
-    """
-
-    def __init__(self, base_url: str, credential: Callable[[], str | None]) -> None:
-        self._origin = _origin(httpx.URL(base_url))
-        self._credential = credential
-
-    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        """Attach ``Authorization: Bearer`` when the request goes to the server."""
-        credential = self._credential()
-        if credential is not None and _origin(request.url) == self._origin:
-            request.headers["Authorization"] = f"Bearer {credential}"
-        yield request
-
-
-def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
-    default = {"http": 80, "https": 443}.get(url.scheme)
-    return url.scheme, url.host, url.port or default
+    url: str
+    status_code: int
+    headers: Mapping[str, str]
+    content: bytes
 
 
 class DeviceClient:
@@ -118,7 +93,9 @@ class DeviceClient:
         base_url: the server, e.g. ``https://fleet.example.com``.
         credential: the bearer credential, when the device has one.
         timeouts: per-request bounds.
-        transport: an httpx transport (tests).
+        transport: where requests go (a pooled :class:`~modelfleet.agent.HttpTransport` by default;
+            the simulator shares one, tests answer from a :class:`~modelfleet.agent.MockTransport`).
+        max_reply_bytes: the largest answer read.
     """
 
     def __init__(
@@ -127,22 +104,28 @@ class DeviceClient:
         *,
         credential: str | None = None,
         timeouts: ClientTimeouts | None = None,
-        transport: httpx.BaseTransport | None = None,
+        transport: Transport | None = None,
+        max_reply_bytes: int = MAX_REPLY_BYTES,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.credential = credential
         self.last_etag: str | None = None
-        self._http = httpx.Client(
+        self._max_reply = max_reply_bytes
+        self._http = HttpClient(
             base_url=self.base_url,
-            timeout=(timeouts or ClientTimeouts()).httpx(),
             transport=transport,
             auth=self.auth(),
             headers={"User-Agent": "modelfleet-agent"},
+            timeouts=timeouts,
         )
 
     def auth(self) -> ServerAuth:
-        """An ``httpx.Auth`` that sends this client's current credential to this server only."""
+        """The ``Authorization`` this client's current credential gives, for this server's origin only."""
         return ServerAuth(self.base_url, lambda: self.credential)
+
+    def downloads(self) -> HttpClient:
+        """A client for bundle downloads on this client's connections, with its credential (close it before this)."""
+        return HttpClient(transport=self._http.transport, auth=self.auth(), headers={"User-Agent": "modelfleet-agent"})
 
     def close(self) -> None:
         """Close the connection pool."""
@@ -168,7 +151,7 @@ class DeviceClient:
             ConflictError: the device id is bound to another key.
             TransportError: the server could not be reached or failed.
         """
-        reply = self._post("/v1/devices/enroll", request.model_dump_json(), device_route=False)
+        reply = self._post("/v1/devices/enroll", request.model_dump_json(), device_route=False, idempotent=False)
         answer = _parse(EnrollResponse, reply)
         if reply.status_code != _HTTP_ACCEPTED and answer.status == "accepted" and answer.credential:
             self.credential = answer.credential
@@ -185,7 +168,7 @@ class DeviceClient:
         """
         headers = {"If-None-Match": etag} if etag else {}
         reply = self._post("/v1/devices/checkin", request.model_dump_json(), headers=headers)
-        self.last_etag = reply.headers.get("ETag", etag)
+        self.last_etag = reply.headers.get("etag", etag)
         if reply.status_code == _HTTP_NOT_MODIFIED:
             return None
         return _parse(CheckinResponse, reply)
@@ -201,42 +184,50 @@ class DeviceClient:
     # ------------------------------------------------------------ plumbing
 
     def _post(
-        self, path: str, body: str, *, headers: dict[str, str] | None = None, device_route: bool = True
-    ) -> httpx.Response:
+        self,
+        path: str,
+        body: str,
+        *,
+        headers: dict[str, str] | None = None,
+        device_route: bool = True,
+        idempotent: bool = True,
+    ) -> _Reply:
+        """POST ``body``; check-in, telemetry and events are idempotent (ids), so a stale connection is retried."""
         if device_route and self.credential is None:
             msg = f"{path} needs a device credential; enroll first"
             raise CredentialRejectedError(msg, code="no_credential")
+        where = f"{self.base_url}{path}"
         try:
-            reply = self._http.post(path, content=body, headers={"Content-Type": "application/json", **(headers or {})})
-        except httpx.HTTPError as exc:
-            where = f"{self.base_url}{path}"
+            sent = {"Content-Type": "application/json", **(headers or {})}
+            with self._http.request("POST", path, body=body.encode(), headers=sent, idempotent=idempotent) as answer:
+                reply = _Reply(answer.url, answer.status_code, answer.headers, answer.read(self._max_reply))
+        except ExchangeError as exc:
             raise http_failure(where, exc) from None
         if reply.status_code < 400:  # noqa: PLR2004 - HTTP status classes
             return reply
-        where = f"{self.base_url}{path}"
         raise _refusal(where, reply, device_route=device_route)
 
 
-def _parse(model: type[_Model], reply: httpx.Response) -> _Model:
+def _parse(model: type[_Model], reply: _Reply) -> _Model:
     try:
         return model.model_validate_json(reply.content)
     except ValidationError as exc:
-        msg = f"{reply.request.url}: the server's answer is not a {model.__name__}: {exc.errors()[0]['msg']}"
+        msg = f"{reply.url}: the server's answer is not a {model.__name__}: {exc.errors()[0]['msg']}"
         raise TransportError(msg, code="bad_response") from None
 
 
-def _error_fields(reply: httpx.Response) -> tuple[str, str]:
+def _error_fields(reply: _Reply) -> tuple[str, str]:
     try:
-        body = reply.json()
+        body = json.loads(reply.content)
     except ValueError:
         body = None
     if isinstance(body, dict):
         return str(body.get("error") or f"http_{reply.status_code}"), str(body.get("message") or "")
-    return f"http_{reply.status_code}", reply.text[:200]
+    return f"http_{reply.status_code}", reply.content[:200].decode(errors="replace")
 
 
-def _server_time(reply: httpx.Response) -> datetime | None:
-    date = reply.headers.get("Date")
+def _server_time(reply: _Reply) -> datetime | None:
+    date = reply.headers.get("date")
     if not date:
         return None
     try:
@@ -245,7 +236,7 @@ def _server_time(reply: httpx.Response) -> datetime | None:
         return None
 
 
-def _refusal(where: str, reply: httpx.Response, *, device_route: bool) -> ModelfleetError:  # noqa: PLR0911 - one answer per status class
+def _refusal(where: str, reply: _Reply, *, device_route: bool) -> ModelfleetError:  # noqa: PLR0911 - one answer per status class
     status = reply.status_code
     code, message = _error_fields(reply)
     text = f"{where}: {status} {message}".rstrip()

@@ -45,7 +45,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self
 
-import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from modelfleet.agent._candidate import CandidateFile, Serving
@@ -271,7 +270,7 @@ class Agent:
         self.client.credential = self.credentials.load()
         self.outbox = Outbox(data_dir / OUTBOX_FILE)
         self.predictor: Predictor | None = None
-        self._http = httpx.Client(follow_redirects=True, auth=self.client.auth())
+        self._http = self.client.downloads()
         policy = download or DownloadPolicy()
         install = InstallConfig(
             trusted=config.trusted(), device=self.profile, download=policy, health=health or HealthPolicy()

@@ -28,9 +28,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Self
 
-import httpx
-
 from modelfleet.agent._failures import disk_failure, http_failure
+from modelfleet.agent._http import ClientTimeouts, ExchangeError, HttpClient, Response
 from modelfleet.agent._slots import fsync_dir
 from modelfleet.clock import Clock, SystemClock
 from modelfleet.errors import BadDataError, ConfigError, TransportError
@@ -158,7 +157,7 @@ class Downloader:
 
     Args:
         policy: the bounds.
-        client: the HTTP client (auth headers, TLS settings); one is made when ``None``.
+        client: the HTTP client (credential, connections); one is made when ``None``.
         rng: randomness of the backoff jitter; seed it for exact tests.
         clock: monotonic time for deadlines and throughput.
         sleep: how to wait between retries.
@@ -169,7 +168,7 @@ class Downloader:
         self,
         policy: DownloadPolicy | None = None,
         *,
-        client: httpx.Client | None = None,
+        client: HttpClient | None = None,
         rng: random.Random | None = None,
         clock: Clock | None = None,
         sleep: Callable[[float], None] = time.sleep,
@@ -177,7 +176,7 @@ class Downloader:
     ) -> None:
         self.policy = policy or DownloadPolicy()
         self._own_client = client is None
-        self._client = client or httpx.Client(follow_redirects=True)
+        self._client = client or HttpClient()
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._clock = clock or SystemClock()
         self._sleep = sleep
@@ -290,10 +289,10 @@ class Downloader:
         self._check_space(transfer, have)
         headers = {"Range": f"bytes={have}-"} if have else {}
         try:
-            with self._client.stream("GET", transfer.url, headers=headers, timeout=self._timeout(transfer)) as reply:
+            with self._client.request("GET", transfer.url, headers=headers, timeouts=self._timeout(transfer)) as reply:
                 start = self._start_of(reply, transfer, have)
                 self._receive(reply, transfer, start)
-        except httpx.HTTPError as exc:
+        except ExchangeError as exc:
             raise http_failure(transfer.url, exc, timeout_code="stalled") from None
         except OSError as exc:
             message, code = disk_failure(exc)
@@ -303,12 +302,17 @@ class Downloader:
             msg = f"{message} while downloading {transfer.url}"
             raise TransportError(msg, code=code) from None
 
-    def _timeout(self, transfer: _Transfer) -> httpx.Timeout:
-        remaining = max(transfer.deadline - self._clock.monotonic(), 0.001)
-        read = min(self.policy.read_timeout_s, remaining)
-        return httpx.Timeout(read, connect=min(self.policy.connect_timeout_s, remaining))
+    def _timeout(self, transfer: _Transfer) -> ClientTimeouts:
+        return self._bounds(transfer.deadline)
 
-    def _start_of(self, reply: httpx.Response, transfer: _Transfer, have: int) -> int:
+    def _bounds(self, deadline: float) -> ClientTimeouts:
+        """Connect and read bounds, neither past ``deadline``."""
+        remaining = max(deadline - self._clock.monotonic(), 0.001)
+        return ClientTimeouts(
+            connect_s=min(self.policy.connect_timeout_s, remaining), read_s=min(self.policy.read_timeout_s, remaining)
+        )
+
+    def _start_of(self, reply: Response, transfer: _Transfer, have: int) -> int:
         """Where the body starts in the file, from the status and ``Content-Range``."""
         status = reply.status_code
         if status == _HTTP_PARTIAL and have:
@@ -325,9 +329,9 @@ class Downloader:
             raise TransportError(msg, code="range")
         raise _status_error(transfer.url, status)
 
-    def _receive(self, reply: httpx.Response, transfer: _Transfer, start: int) -> None:
+    def _receive(self, reply: Response, transfer: _Transfer, start: int) -> None:
         """Stream the body into the partial file from ``start``, enforcing every bound."""
-        declared = reply.headers.get("content-length")
+        declared = reply.header("content-length")
         if declared is not None and declared.isdigit() and start + int(declared) > transfer.size:
             self._refuse_oversized(transfer, start + int(declared))
         meter = _Throughput(self.policy, self._clock)
@@ -373,14 +377,10 @@ class Downloader:
 
     def _head_once(self, url: str, count: int, deadline: float) -> bytes:
         """One ranged request for the first ``count`` bytes."""
-        timeout = httpx.Timeout(
-            min(self.policy.read_timeout_s, max(deadline - self._clock.monotonic(), 0.001)),
-            connect=self.policy.connect_timeout_s,
-        )
         data = bytearray()
         meter = _Throughput(self.policy, self._clock)
         try:
-            with self._client.stream("GET", url, headers=_head_range(count), timeout=timeout) as reply:
+            with self._client.request("GET", url, headers=_head_range(count), timeouts=self._bounds(deadline)) as reply:
                 if reply.status_code not in {_HTTP_OK, _HTTP_PARTIAL}:
                     raise _status_error(url, reply.status_code)
                 for chunk in reply.iter_bytes():
@@ -391,7 +391,7 @@ class Downloader:
                     if self._clock.monotonic() > deadline:
                         msg = f"download deadline of {self.policy.deadline_s:g} s reached for {url}"
                         raise TransportError(msg, code="deadline")
-        except httpx.HTTPError as exc:
+        except ExchangeError as exc:
             raise http_failure(url, exc, timeout_code="stalled") from None
         return bytes(data[:count])
 
@@ -406,9 +406,9 @@ def _status_error(url: str, status: int) -> TransportError:
     return TransportError(f"{url}: HTTP {status}", code=code)
 
 
-def _content_range_start(reply: httpx.Response, size: int, url: str) -> int:
+def _content_range_start(reply: Response, size: int, url: str) -> int:
     """The first byte of a 206 body; the total must be the declared size."""
-    match = _CONTENT_RANGE.match(reply.headers.get("content-range", ""))
+    match = _CONTENT_RANGE.match(reply.header("content-range") or "")
     if match is None:
         msg = f"{url}: 206 without a usable Content-Range"
         raise BadDataError(msg, code="bad_range")

@@ -1,7 +1,7 @@
 """Third-party and OS failures wrapped at the agent's boundary, with the stable codes events report.
 
 The client, the downloader and the installer all meet the same two kinds of foreign
-failure: httpx's exception tree (a network that failed, which retrying may fix) and
+failure: :class:`~modelfleet.agent._http.HttpFailure` (a network that failed, which retrying may fix) and
 ``OSError`` from the disk. They map them here, once, so a code such as
 ``connect_timeout`` or ``no_space`` means the same thing in every event and log.
 """
@@ -10,25 +10,26 @@ from __future__ import annotations
 
 import errno
 
-import httpx
-
+from modelfleet.agent._http import CONNECT_TIMEOUT, READ_TIMEOUT, TOO_LARGE, ExchangeError
 from modelfleet.errors import TransportError
 
 __all__ = ["disk_failure", "http_failure"]
 
 
-def http_failure(where: str, error: httpx.HTTPError, *, timeout_code: str = "timeout") -> TransportError:
-    """An httpx failure as a :class:`TransportError`.
+def http_failure(where: str, error: ExchangeError, *, timeout_code: str = "timeout") -> TransportError:
+    """A failed HTTP exchange as the :class:`TransportError` events report, naming the request.
 
-    Codes: ``connect_timeout`` (no connection within the bound), ``timeout_code`` for any
-    other timeout (the downloader calls a silent peer ``stalled``), ``connection`` for the
-    rest (refused, reset, a body cut short, a protocol error).
+    Codes: ``connect_timeout`` (no connection within the bound), ``timeout_code`` for a
+    silent peer (the downloader calls it ``stalled``), ``bad_response`` for an answer over
+    its bound, ``connection`` for the rest (refused, reset, a body cut short, a protocol error).
     """
-    if isinstance(error, httpx.ConnectTimeout):
-        return TransportError(f"{where}: connect timeout: {error}", code="connect_timeout")
-    if isinstance(error, httpx.TimeoutException):
-        return TransportError(f"{where}: {timeout_code.replace('_', ' ')}: {error}", code=timeout_code)
-    return TransportError(f"{where}: connection failed: {error or type(error).__name__}", code="connection")
+    if error.code == CONNECT_TIMEOUT:
+        return TransportError(f"{where}: connect timeout: {error.message}", code="connect_timeout")
+    if error.code == READ_TIMEOUT:
+        return TransportError(f"{where}: {timeout_code.replace('_', ' ')}: {error.message}", code=timeout_code)
+    if error.code == TOO_LARGE:
+        return TransportError(f"{where}: {error.message}", code="bad_response")
+    return TransportError(f"{where}: connection failed: {error.message}", code="connection")
 
 
 def disk_failure(error: OSError) -> tuple[str, str]:

@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-import httpx
 import numpy as np
 
 from modelfleet.agent import (
@@ -44,21 +43,27 @@ from modelfleet.agent import (
     Downloader,
     DownloadPolicy,
     HealthPolicy,
+    HttpClient,
+    HttpTransport,
     Installer,
     Outbox,
     Predictor,
+    Request,
+    Response,
     RuntimeConfig,
     ServedPredictor,
     Serving,
     StepResult,
+    Transport,
     open_served,
 )
+from modelfleet.agent._http import ExchangeError
 from modelfleet.bundle import DeviceProfile
 from modelfleet.sim._clock import SharedClock
 from modelfleet.sim._signal import SensorSignal, sensor_readings
 from modelfleet.telemetry import Event
 
-__all__ = ["DeviceSpec", "LinkDown", "PowerCut", "Tally", "VirtualDevice", "shared_transport"]
+__all__ = ["DeviceSpec", "LinkDownError", "PowerCut", "Tally", "VirtualDevice", "shared_transport"]
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +75,7 @@ class PowerCut(BaseException):
     """
 
 
-class LinkDown(httpx.ConnectError):
+class LinkDownError(ExchangeError):
     """The simulated link is down (outage or a dropped request)."""
 
 
@@ -117,23 +122,24 @@ def _tls() -> ssl.SSLContext:
     return _TLS[0]
 
 
-def shared_transport() -> httpx.HTTPTransport:
+def shared_transport() -> HttpTransport:
     """The connection pool every device of a simulator process sends through (closed with the fleet)."""
-    return httpx.HTTPTransport(verify=_tls(), retries=0)
+    return HttpTransport(ssl_context=_tls(), max_idle_per_origin=64)
 
 
-class _Link(httpx.BaseTransport):
+class _Link(Transport):
     """The device's link: the shared real HTTP transport, failing while the simulated link is down."""
 
-    def __init__(self, shared: httpx.BaseTransport, up: Callable[[], bool]) -> None:
+    def __init__(self, shared: Transport, up: Callable[[], bool]) -> None:
         self._shared = shared
         self._up = up
 
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
+    def send(self, request: Request) -> Response:
+        """Send through the shared pool, or fail as a link that is down."""
         if not self._up():
-            msg = "link down (simulated)"
-            raise LinkDown(msg, request=request)
-        return self._shared.handle_request(request)
+            msg = f"{request.url}: link down (simulated)"
+            raise LinkDownError(msg)
+        return self._shared.send(request)
 
     def close(self) -> None:
         """Leave the shared pool open: it outlives the device (the fleet closes it)."""
@@ -152,7 +158,7 @@ class Fixture:
     model: str
     drop: float
     tokens: dict[tuple[tuple[str, str], ...], str] = field(default_factory=dict)
-    transport: httpx.BaseTransport = field(default_factory=shared_transport)
+    transport: Transport = field(default_factory=shared_transport)
 
 
 class VirtualDevice:
@@ -175,7 +181,7 @@ class VirtualDevice:
         self.summaries_sent = 0
         self._cut_pending = spec.power_cut is not None
         self._link_now = True
-        self._downloads: httpx.Client | None = None
+        self._downloads: HttpClient | None = None
         self.agent = self._boot()
 
     # ------------------------------------------------------------ lifecycle
@@ -215,7 +221,7 @@ class VirtualDevice:
 
         # Downloads carry the device's credential, as the agent's own downloader's do.
         link = _Link(self.fixture.transport, self._link_up)
-        self._downloads = httpx.Client(follow_redirects=True, auth=agent.client.auth(), transport=link)
+        self._downloads = HttpClient(transport=link, auth=agent.client.auth())
         cut = self.spec.power_cut if self._cut_pending else None
         agent.installer.close()
         agent.installer = Installer(

@@ -114,6 +114,14 @@ NOT_A_PUBLIC_KEY = [
     pytest.param(b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n", id="truncated_pem"),
     pytest.param(_ec_public_pem(), id="ecdsa_public_key"),
     pytest.param(_ed25519_private_pem(), id="private_key_given_as_public"),
+    pytest.param(b"MCowBQYDK2VwAyEA", id="no_pem_armour"),
+    pytest.param(b"-----BEGIN PUBLIC KEY-----\nMC*w\n-----END PUBLIC KEY-----\n", id="broken_base64"),
+    pytest.param(
+        b"-----BEGIN PUBLIC KEY-----\n"
+        + base64.b64encode(bytes.fromhex("302a300506032b6570032100") + bytes(31))
+        + b"\n-----END PUBLIC KEY-----\n",
+        id="ed25519_prefix_with_31_key_bytes",
+    ),
 ]
 
 
@@ -167,6 +175,21 @@ def test_keyid_survives_a_pem_round_trip():
     key = SigningKey.generate()
 
     assert PublicKey.from_pem(key.public.to_pem()).keyid == key.public.keyid
+
+
+def test_pem_encoding_is_the_one_cryptography_writes_and_reads():
+    key = SigningKey.generate()
+    spki = key._private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+    assert key.public.to_pem() == spki
+    assert (
+        serialization.load_pem_public_key(key.public.to_pem()).public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        == key.public.raw
+    )
 
 
 def test_public_key_of_the_wrong_length_is_a_programming_error():

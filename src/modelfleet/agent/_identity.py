@@ -4,6 +4,9 @@ Everything lives under ``DATA/identity/``: ``device.key`` (PEM PKCS#8, mode 0600
 ``device.json`` (id and public key) and ``credential`` (mode 0600). Every write is
 temp file + fsync + rename + directory fsync, so a power cut leaves the old file
 or the new one, never a torn key.
+
+The private key is parsed (and ``cryptography`` loaded) only to sign an enrollment:
+an enrolled agent restarts, checks in and idles without it.
 """
 
 from __future__ import annotations
@@ -15,15 +18,16 @@ import secrets
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from typing import TYPE_CHECKING
 
 from modelfleet.agent._slots import fsync_dir
-from modelfleet.bundle import DeviceProfile
+from modelfleet.bundle import DeviceProfile, parse_private_key
 from modelfleet.clock import Clock
 from modelfleet.errors import ConfigError
 from modelfleet.protocol import EnrollRequest, enrollment_message
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 __all__ = ["CredentialFile", "DeviceIdentity", "new_device_id", "write_private"]
 
@@ -61,17 +65,41 @@ class DeviceIdentity:
 
     Attributes:
         device_id: the id the device enrolls with.
-        key: its Ed25519 private key (never leaves the device).
+        public_key: the raw public key, base64 (the wire form).
+        key_pem: the private key, PEM PKCS#8 (never leaves the device).
     """
 
     device_id: str
-    key: Ed25519PrivateKey
+    public_key: str
+    key_pem: bytes
+
+    @classmethod
+    def generate(cls, device_id: str) -> DeviceIdentity:
+        """A new key pair for ``device_id``."""
+        from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - see the module doc
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: PLC0415
+
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        return cls(device_id, _public_of(key), pem)
 
     @property
-    def public_key(self) -> str:
-        """The raw public key, base64 (the wire form)."""
-        raw = self.key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        return base64.b64encode(raw).decode("ascii")
+    def key(self) -> Ed25519PrivateKey:
+        """The private key, parsed now and checked against :attr:`public_key`.
+
+        Raises:
+            ConfigError: ``bad_identity`` when the PEM is not an Ed25519 private key or holds another key pair.
+        """
+        try:
+            key = parse_private_key(self.key_pem, f"the private key of device {self.device_id!r}")
+        except ConfigError as exc:
+            raise ConfigError(exc.message, code="bad_identity") from None
+        if _public_of(key) != self.public_key:
+            msg = f"the private key of device {self.device_id!r} belongs to another public key than device.json names"
+            raise ConfigError(msg, code="bad_identity")
+        return key
 
     @staticmethod
     def directory(data_dir: Path) -> Path:
@@ -82,8 +110,10 @@ class DeviceIdentity:
     def load(cls, data_dir: Path) -> DeviceIdentity | None:
         """The saved identity, or ``None`` when this data directory has none yet.
 
+        The key is read, not parsed: :attr:`key` checks it when an enrollment needs it.
+
         Raises:
-            ConfigError: ``bad_identity`` when the files exist but are unreadable or do not match.
+            ConfigError: ``bad_identity`` when the files exist but are unreadable or malformed.
         """
         directory = cls.directory(data_dir)
         key_path, device_path = directory / KEY_FILE, directory / DEVICE_FILE
@@ -91,18 +121,19 @@ class DeviceIdentity:
             return None
         try:
             document = json.loads(device_path.read_text())
-            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
-        except (OSError, ValueError, TypeError) as exc:
+            pem = key_path.read_bytes()
+        except (OSError, ValueError) as exc:
             msg = f"the device identity in {directory} is unreadable: {exc}"
             raise ConfigError(msg, code="bad_identity") from None
-        if not isinstance(key, Ed25519PrivateKey) or not isinstance(document, dict):
-            msg = f"the device identity in {directory} is not an Ed25519 key pair"
+        if (
+            not isinstance(document, dict)
+            or not isinstance(document.get("device_id"), str)
+            or not isinstance(document.get("public_key"), str)
+            or b"-----BEGIN PRIVATE KEY-----" not in pem
+        ):
+            msg = f"the device identity in {directory} is not a device id with a PEM key pair"
             raise ConfigError(msg, code="bad_identity")
-        identity = cls(str(document.get("device_id")), key)
-        if document.get("public_key") != identity.public_key:
-            msg = f"{device_path} names another public key than {key_path} holds"
-            raise ConfigError(msg, code="bad_identity")
-        return identity
+        return cls(document["device_id"], document["public_key"], pem)
 
     @classmethod
     def load_or_create(cls, data_dir: Path, device_id: str | None = None) -> DeviceIdentity:
@@ -117,17 +148,14 @@ class DeviceIdentity:
                 msg = f"this data directory belongs to device {identity.device_id!r}, not {device_id!r}"
                 raise ConfigError(msg, code="identity_mismatch")
             return identity
-        identity = cls(device_id or new_device_id(), Ed25519PrivateKey.generate())
+        identity = cls.generate(device_id or new_device_id())
         identity.save(data_dir)
         return identity
 
     def save(self, data_dir: Path) -> None:
         """Write the key (0600) first, then ``device.json``: an identity exists only once both do."""
         directory = self.directory(data_dir)
-        pem = self.key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        write_private(directory / KEY_FILE, pem)
+        write_private(directory / KEY_FILE, self.key_pem)
         document = {"device_id": self.device_id, "public_key": self.public_key}
         write_private(directory / DEVICE_FILE, json.dumps(document, indent=1).encode(), mode=0o644)
 
@@ -143,6 +171,13 @@ class DeviceIdentity:
         )
         proof = base64.b64encode(self.key.sign(enrollment_message(unsigned))).decode("ascii")
         return unsigned.model_copy(update={"proof": proof})
+
+
+def _public_of(key: Ed25519PrivateKey) -> str:
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - see the module doc
+
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode("ascii")
 
 
 class CredentialFile:

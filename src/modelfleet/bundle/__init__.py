@@ -8,9 +8,9 @@ reads manifests and checks compatibility never imports them.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from modelfleet._lazy import lazy_exports
 from modelfleet.bundle._canonical import canonical_bytes, parse_canonical
 from modelfleet.bundle._compat import (
     AppContract,
@@ -57,6 +57,7 @@ from modelfleet.bundle._signing import (
     SigningKey,
     TrustedKeys,
     parse_envelope,
+    parse_private_key,
     verify_signatures,
 )
 
@@ -121,6 +122,7 @@ __all__ = [
     "parse_canonical",
     "parse_envelope",
     "parse_manifest",
+    "parse_private_key",
     "read_bundle",
     "read_header",
     "require_compatible",
@@ -129,16 +131,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:  # noqa: ANN401 - any exported object
-    """Import the heavy module that defines ``name`` on first use."""
-    module = _LAZY.get(name)
-    if module is None:
-        msg = f"module {__name__!r} has no attribute {name!r}"
-        raise AttributeError(msg)
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -6,6 +6,11 @@ same key (device assignments, later metadata), see ADR 0002.
 
 A key id is the hex sha256 of the raw 32-byte public key, so it can be derived
 from the key itself and never has to be trusted on its own.
+
+``cryptography`` loads on the first signature made or checked, not on import: an
+idle device agent holds its pinned keys (parsed here from their fixed RFC 8410
+encoding) but verifies nothing until a bundle arrives, and the library's native
+code is about 9 MB of its memory.
 """
 
 from __future__ import annotations
@@ -17,16 +22,16 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from modelfleet.bundle._canonical import canonical_bytes, parse_canonical
 from modelfleet.config import BundleLimits
 from modelfleet.errors import ConfigError, ManifestError, SignatureError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 __all__ = [
     "SIGNATURE_FORMAT",
@@ -37,12 +42,16 @@ __all__ = [
     "SigningKey",
     "TrustedKeys",
     "parse_envelope",
+    "parse_private_key",
     "verify_signatures",
 ]
 
 SIGNING_CONTEXT = b"modelfleet/bundle-manifest/v1\x00"
 SIGNATURE_FORMAT: Literal["modelfleet.sig.v1"] = "modelfleet.sig.v1"
 _KEYID_PATTERN = r"^[0-9a-f]{64}$"
+_SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
+"""DER of an Ed25519 ``SubjectPublicKeyInfo`` before its 32 key bytes (RFC 8410 section 4: one fixed encoding)."""
+_PEM_PUBLIC = ("-----BEGIN PUBLIC KEY-----", "-----END PUBLIC KEY-----")
 
 
 def _keyid(raw_public: bytes) -> str:
@@ -70,17 +79,22 @@ class PublicKey:
         """Load a PEM ``SubjectPublicKeyInfo`` Ed25519 key.
 
         Raises:
-            ConfigError: not a PEM Ed25519 public key.
+            ConfigError: not a PEM public key, or not an Ed25519 one.
         """
+        text = data.decode("ascii", errors="replace").strip()
+        begin, end = _PEM_PUBLIC
+        if not (text.startswith(begin) and text.endswith(end)):
+            msg = f"not a PEM public key: expected {begin} ... {end}"
+            raise ConfigError(msg, code="bad_key_file")
         try:
-            key = serialization.load_pem_public_key(data)
-        except ValueError as exc:
+            der = base64.b64decode("".join(text[len(begin) : -len(end)].split()), validate=True)
+        except binascii.Error as exc:
             msg = f"not a PEM public key: {exc}"
             raise ConfigError(msg, code="bad_key_file") from None
-        if not isinstance(key, Ed25519PublicKey):
-            msg = f"expected an Ed25519 public key, got {type(key).__name__}"
+        if len(der) != len(_SPKI_PREFIX) + 32 or not der.startswith(_SPKI_PREFIX):
+            msg = "expected an Ed25519 public key (RFC 8410), got another kind of key"
             raise ConfigError(msg, code="bad_key_file")
-        return cls(key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+        return cls(der[len(_SPKI_PREFIX) :])
 
     @classmethod
     def from_file(cls, path: Path) -> PublicKey:
@@ -98,11 +112,15 @@ class PublicKey:
 
     def to_pem(self) -> bytes:
         """Return the PEM encoding."""
-        key = Ed25519PublicKey.from_public_bytes(self.raw)
-        return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        body = base64.encodebytes(_SPKI_PREFIX + self.raw).decode("ascii")
+        begin, end = _PEM_PUBLIC
+        return f"{begin}\n{body}{end}\n".encode("ascii")
 
     def verify(self, signature: bytes, message: bytes) -> bool:
         """Return whether ``signature`` is this key's signature of ``message``."""
+        from cryptography.exceptions import InvalidSignature  # noqa: PLC0415 - loads on first use (see module doc)
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey  # noqa: PLC0415
+
         try:
             Ed25519PublicKey.from_public_bytes(self.raw).verify(signature, message)
         except InvalidSignature:
@@ -114,6 +132,8 @@ class SigningKey:
     """An Ed25519 private key that signs manifests."""
 
     def __init__(self, private: Ed25519PrivateKey) -> None:
+        from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - loads on first use
+
         self._private = private
         raw = private.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         self.public = PublicKey(raw)
@@ -121,6 +141,8 @@ class SigningKey:
     @classmethod
     def generate(cls) -> SigningKey:
         """Make a new random key."""
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: PLC0415
+
         return cls(Ed25519PrivateKey.generate())
 
     @classmethod
@@ -135,15 +157,7 @@ class SigningKey:
         except OSError as exc:
             msg = f"cannot read signing key {path}: {exc.strerror}"
             raise ConfigError(msg, code="bad_key_file") from None
-        try:
-            key = serialization.load_pem_private_key(data, password=None)
-        except (ValueError, TypeError) as exc:
-            msg = f"{path}: not an unencrypted PEM private key ({exc})"
-            raise ConfigError(msg, code="bad_key_file") from None
-        if not isinstance(key, Ed25519PrivateKey):
-            msg = f"{path}: expected an Ed25519 private key, got {type(key).__name__}"
-            raise ConfigError(msg, code="bad_key_file")
-        return cls(key)
+        return cls(parse_private_key(data, str(path)))
 
     def save(self, directory: Path, name: str) -> tuple[Path, Path]:
         """Write ``name.key`` (mode 0600) and ``name.pub`` into ``directory``.
@@ -156,6 +170,8 @@ class SigningKey:
             if path.exists():
                 msg = f"{path} exists; refusing to overwrite a key"
                 raise ConfigError(msg, code="key_exists")
+        from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - loads on first use
+
         pem = self._private.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
@@ -171,6 +187,26 @@ class SigningKey:
         """Sign canonical manifest bytes."""
         raw = self._private.sign(SIGNING_CONTEXT + manifest_bytes)
         return Signature(keyid=self.public.keyid, alg="ed25519", sig=base64.b64encode(raw).decode("ascii"))
+
+
+def parse_private_key(data: bytes, where: str) -> Ed25519PrivateKey:
+    """An unencrypted PEM PKCS#8 Ed25519 private key.
+
+    Raises:
+        ConfigError: ``bad_key_file``, naming ``where``: not PEM, encrypted, or another kind of key.
+    """
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - loads on first use
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: PLC0415
+
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        msg = f"{where}: not an unencrypted PEM private key ({exc})"
+        raise ConfigError(msg, code="bad_key_file") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        msg = f"{where}: expected an Ed25519 private key, got {type(key).__name__}"
+        raise ConfigError(msg, code="bad_key_file")
+    return key
 
 
 class Signature(BaseModel):

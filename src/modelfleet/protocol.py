@@ -100,7 +100,7 @@ def _at_most(limit: int) -> BeforeValidator:
 
 
 class _Wire(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class EnrollRequest(_Wire):

@@ -10,17 +10,16 @@ different ``--trust`` set for an existing data directory is refused.
 from __future__ import annotations
 
 import json
-import logging
-import signal
-import threading
+import os
+import sys
 from pathlib import Path
-from types import FrameType
 
 import typer
 
-from modelfleet.agent import Agent, AgentConfig, DeviceIdentity, agent_status
+from modelfleet.agent import AgentConfig, DeviceIdentity, agent_status
+from modelfleet.agent._entry import command_line
 from modelfleet.bundle import PublicKey
-from modelfleet.cli._console import EXIT_REFUSED, err, out
+from modelfleet.cli._console import out
 from modelfleet.errors import ConfigError
 
 __all__ = ["agent_app"]
@@ -115,31 +114,14 @@ def run(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every step."),
 ) -> None:
     """Enroll, check in, install what the server assigns and forward telemetry, until stopped."""
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     data_dir = data_dir.absolute()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    config = _config(data_dir, server, enroll_token, identity, tag, trust, threshold, mqtt)
-    with Agent(data_dir, config) as agent:
-        if once:
-            result = agent.step()
-            line = f"device {agent.identity.device_id}: {result.status}"
-            if result.error:
-                err.print(f"{line}; [bold red]error:[/] {result.error}")
-            else:
-                out.print(f"{line}; next check-in in {result.delay_s:.0f} s")
-            raise typer.Exit(0 if result.ok else EXIT_REFUSED)
-        stop = threading.Event()
-
-        def _stop(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001 - signal handler signature
-            stop.set()
-
-        signal.signal(signal.SIGTERM, _stop)
-        signal.signal(signal.SIGINT, _stop)
-        out.print(f"agent for device {agent.identity.device_id} -> {config.server}")
-        last = agent.run_forever(stop)
-    if last is not None and last.stopped:
-        err.print(f"[bold red]stopped:[/] {last.error}")
-        raise typer.Exit(EXIT_REFUSED)
+    _config(data_dir, server, enroll_token, identity, tag, trust, threshold, mqtt)
+    # The loop runs in this process without the command line: see modelfleet.agent._entry.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    argv = command_line(data_dir, once=once, verbose=verbose)
+    os.execv(argv[0], argv)  # noqa: S606 - our own interpreter and module, no shell
 
 
 @agent_app.command("status")

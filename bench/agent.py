@@ -21,8 +21,10 @@
 4. ``install``: verify (signatures, every hash) + publish (extract, fsync, rename)
    + switch + health check (load, golden vectors, latency, memory) of a 10 MB
    bundle, against sha256 + copy of the same bytes. Goal: <= 1 s.
-5. ``idle_rss``: resident memory of a real ``modelfleet agent run`` that has done
-   a step and holds no model, against a bare ``python`` interpreter. Goal: <= 40 MB.
+5. ``idle_rss``: resident memory of a real ``modelfleet agent run`` that enrolled
+   earlier, restarted and checks in with a live server, holding no model, against a
+   bare ``python`` interpreter; also a first boot whose server is down, and floors
+   (what importing only a dependency costs). Goal: <= 40 MB.
 
 Ours and the baseline are called alternately, call by call, and each round reports
 medians, so a noisy neighbour hurts both sides alike; ratios are medians over
@@ -48,6 +50,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -56,6 +59,7 @@ from onnx import TensorProto, helper, numpy_helper
 from modelfleet.agent import Predictor, RuntimeConfig, SlotStore, check_health
 from modelfleet.bundle import BuildOptions, Manifest, SigningKey, TrustedKeys, ValidationSet, build_bundle
 from modelfleet.clock import SystemClock
+from modelfleet.server import init_server
 from modelfleet.sim import large_matmul
 from modelfleet.telemetry import Summarizer, feature_values
 
@@ -331,42 +335,58 @@ def _closed_port() -> int:
     return port
 
 
-def bench_idle_rss(work: Path, key: SigningKey) -> dict[str, Any]:
-    """Resident memory of an agent whose server is down: it starts, steps once (fails, backs off) and idles.
+def bench_idle_rss(work: Path) -> dict[str, Any]:
+    """Resident memory of idle agents that hold no model, each a real ``modelfleet agent run``.
 
-    Measured twice: the real ``modelfleet agent run`` (what a device runs) and the agent loop
-    started from Python without the command line (what the agent code itself costs).
+    ``enrolled`` (the goal): a device that enrolled earlier, restarted, and checks in with a
+    live server (``modelfleet server run`` on SQLite) that assigns it nothing, where a device
+    spends its life; measured once its first check-in is recorded. ``first_boot``: a new
+    device whose server is down: it makes its key pair and signs enrollment requests, so it
+    also holds ``cryptography``. ``enrolled_without_cli``: the enrolled agent loop started from
+    Python, without the command line.
     """
-    pem = key.public.to_pem()
-    (work / "trust.pem").write_bytes(pem)
-    server = f"http://127.0.0.1:{_closed_port()}"
+    made = init_server(work / "server")
+    port = _closed_port()
+    url = f"http://127.0.0.1:{port}"
     # A library that writes caches under ~ must not touch the user's; and the switch importing modelfleet set
     # in this process must not hide what the agent's own processes do.
     env = {**{k: v for k, v in os.environ.items() if k != "ORT_DISABLE_TELEMETRY"}, "HOME": str(work)}
-    cli_dir, library_dir = work / "idle-cli", work / "idle-library"
-    cli = [sys.executable, "-m", "modelfleet", "agent", "run", "--data-dir", str(cli_dir), "--server", server]
-    cli += ["--enroll-token", "mfe_bench", "--trust", str(work / "trust.pem")]
-    loop = (
-        "import threading; from pathlib import Path; from modelfleet.agent import Agent, AgentConfig; "
-        f"config = AgentConfig(server={server!r}, device_id='idle-library-01', trusted_keys=({pem.decode()!r},), "
-        "enroll_token='mfe_bench'); "
-        f"Agent(Path({str(library_dir)!r}), config).run_forever(threading.Event())"
-    )
-    base = _settled_rss([sys.executable, "-c", "import time; time.sleep(120)"], None, env)
-    floors = {}
+    serve = [sys.executable, "-m", "modelfleet", "server", "run", "--data", str(work / "server"), "--port", str(port)]
+    server = subprocess.Popen(serve, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        token = _enrollment_token(url, made.admin_token, uses=3)
+        trust = ["--trust", str(made.trusted_key)]
+        enrolled, library = work / "idle-enrolled", work / "idle-library"
+        for data_dir in (enrolled, library):
+            first = [*_agent_run(data_dir, url), "--enroll-token", token, *trust, "--once"]
+            subprocess.run(first, env=env, check=True, capture_output=True, timeout=120)
+        ours = _settled_rss(_agent_run(enrolled, url), _stepped(enrolled), env)
+        loop = (
+            "import threading; from pathlib import Path; from modelfleet.agent import Agent, AgentConfig; "
+            f"d = Path({str(library)!r}); Agent(d, AgentConfig.load(d)).run_forever(threading.Event())"
+        )
+        without_cli = _settled_rss([sys.executable, "-c", loop], _stepped(library), env)
+    finally:
+        server.terminate()
+        server.wait(30)
+    down = f"http://127.0.0.1:{_closed_port()}"
+    fresh = work / "idle-first-boot"
+    first_boot = _settled_rss([*_agent_run(fresh, down), "--enroll-token", token, *trust], _stepped(fresh), env)
+    base = _settled_rss([sys.executable, "-c", "import time; time.sleep(120)"], lambda: True, env)
+    floors: dict[str, float] = {}
     for name, code in _FLOORS.items():
         ready = work / f"floor-{len(floors)}"
-        ready.mkdir()  # the floor process writes state.json once its imports are done, as the agent does
-        done = f"open({str(ready / 'state.json')!r}, 'w').write('\"last_error\"')"
-        floors[name] = _settled_rss([sys.executable, "-c", f"{code}; {done}; import time; time.sleep(120)"], ready, env)
-    ours = _settled_rss(cli, cli_dir, env)
-    library = _settled_rss([sys.executable, "-c", loop], library_dir, env)
+        done = f"open({str(ready)!r}, 'w').close()"
+        floors[name] = _settled_rss(
+            [sys.executable, "-c", f"{code}; {done}; import time; time.sleep(120)"], ready.exists, env
+        )
     home_cache = [str(p.relative_to(work)) for p in work.rglob("*") if ".cache" in p.parts]
     return {
         "heavy_modules_loaded_by_the_cli": _heavy_modules("modelfleet.cli", env),
         "heavy_modules_loaded_by_the_agent_loop": _heavy_modules("modelfleet.agent._daemon", env),
         "agent_rss_mb": ours,
-        "agent_loop_without_cli_rss_mb": library,
+        "agent_loop_without_cli_rss_mb": without_cli,
+        "first_boot_server_down_rss_mb": first_boot,
         "bare_python_rss_mb": base,
         "floors_rss_mb": floors,
         "ratio": ours / base,
@@ -376,21 +396,47 @@ def bench_idle_rss(work: Path, key: SigningKey) -> dict[str, Any]:
     }
 
 
-def _settled_rss(command: list[str], data_dir: Path | None, env: dict[str, str]) -> float:
-    """Start ``command``, wait until its first step is recorded in ``data_dir`` (if any), read its RSS, stop it."""
+def _agent_run(data_dir: Path, url: str) -> list[str]:
+    return [sys.executable, "-m", "modelfleet", "agent", "run", "--data-dir", str(data_dir), "--server", url]
+
+
+def _enrollment_token(url: str, admin_token: str, uses: int) -> str:
+    """Wait for the server, then ask it for an enrollment token."""
+    headers = {"Authorization": f"Bearer {admin_token}"}
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            reply = httpx.post(f"{url}/v1/admin/enrollment-tokens", json={"max_uses": uses}, headers=headers)
+            reply.raise_for_status()
+            return str(reply.json()["token"])
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _stepped(data_dir: Path) -> Callable[[], bool]:
+    """True once the agent in ``data_dir`` recorded a step after now (it saves ``state.json`` after each)."""
+    state = data_dir / "state.json"
+    before = state.stat().st_mtime_ns if state.exists() else None
+
+    def ready() -> bool:
+        return state.exists() and state.stat().st_mtime_ns != before
+
+    return ready
+
+
+def _settled_rss(command: list[str], ready: Callable[[], bool], env: dict[str, str]) -> float:
+    """Start ``command``, wait until ``ready()``, let it settle into its sleep, read its RSS, stop it."""
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     try:
         deadline = time.monotonic() + 120
-        while (
-            data_dir is not None
-            and time.monotonic() < deadline
-            and '"last_error"' not in _read(data_dir / "state.json")
-        ):
+        while not ready() and time.monotonic() < deadline and process.poll() is None:
             time.sleep(0.1)
-        if process.poll() is not None:
-            msg = f"{command[:4]} exited: {process.stderr.read().decode() if process.stderr else ''}"
+        if process.poll() is not None or not ready():
+            msg = f"{command[:6]} did not get ready: {process.stderr.read().decode() if process.stderr else ''}"
             raise RuntimeError(msg)
-        time.sleep(1.0)  # let it settle into its backoff sleep
+        time.sleep(1.0)  # let it settle into its sleep
         return _rss_mb(process.pid)
     finally:
         process.terminate()
@@ -398,13 +444,17 @@ def _settled_rss(command: list[str], data_dir: Path | None, env: dict[str, str])
 
 
 _FLOORS = {
-    "httpx": "import httpx",
+    "pydantic (one model)": (
+        "import pydantic; M = type('M', (pydantic.BaseModel,), {'__annotations__': {'x': int}}); M(x=1)"
+    ),
+    "http.client (imports ssl)": "import http.client",
+    "cryptography (Ed25519)": "from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey",
+    "httpx (before ADR 0011)": "import httpx",
     "numpy+onnxruntime": "import os; os.environ['ORT_DISABLE_TELEMETRY'] = '1'; import numpy, onnxruntime",
-    # What the agent loop cannot do without: HTTP, one pydantic model (its validators load on first use),
-    # Ed25519, SQLite, version specifiers.
+    # What the idle enrolled agent loop cannot do without: HTTP, one pydantic model (its validators load on
+    # first use), SQLite, version specifiers (Ed25519 loads when a bundle or an enrollment needs it).
     "agent_dependencies": (
-        "import httpx, sqlite3, packaging.specifiers, pydantic; "
-        "from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey; "
+        "import http.client, sqlite3, packaging.specifiers, pydantic; "
         "M = type('M', (pydantic.BaseModel,), {'__annotations__': {'x': int}}); M(x=1)"
     ),
 }
@@ -418,13 +468,6 @@ def _heavy_modules(module: str, env: dict[str, str]) -> list[str]:
     probe = f"import sys, {module}; print(' '.join(m for m in {_HEAVY!r} if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
     return done.stdout.split()
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text()
-    except OSError:
-        return ""
 
 
 # ------------------------------------------------------------------ main
@@ -477,11 +520,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{install['sha256_copy_s'] * 1e3:.0f} ms: {install['ratio']:.1f}x (goal <= 1 s)",
             install["met"],
         )
-        rss = bench_idle_rss(work, big_key)
+        rss = bench_idle_rss(work)
         _line(
             "idle RSS",
-            f"agent run {rss['agent_rss_mb']:.1f} MB (agent loop without the CLI "
-            f"{rss['agent_loop_without_cli_rss_mb']:.1f} MB) vs bare python {rss['bare_python_rss_mb']:.1f} MB: "
+            f"enrolled agent run {rss['agent_rss_mb']:.1f} MB (agent loop without the CLI "
+            f"{rss['agent_loop_without_cli_rss_mb']:.1f} MB; first boot, server down "
+            f"{rss['first_boot_server_down_rss_mb']:.1f} MB) vs bare python {rss['bare_python_rss_mb']:.1f} MB: "
             f"{rss['ratio']:.2f}x (goal <= 40 MB)",
             rss["met"],
         )

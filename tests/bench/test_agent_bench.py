@@ -17,7 +17,9 @@ FIELDS = {
     "idle_rss": {
         "agent_rss_mb",
         "agent_loop_without_cli_rss_mb",
+        "first_boot_server_down_rss_mb",
         "bare_python_rss_mb",
+        "floors_rss_mb",
         "ratio",
         "goal_mb",
         "met",

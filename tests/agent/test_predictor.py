@@ -19,12 +19,14 @@ import onnxruntime as ort
 import pytest
 
 from modelfleet.agent import InstalledVersion, Predictor, RuntimeConfig
+from modelfleet.agent._contract import layout_of
 from modelfleet.agent._modes import time_slice_choice
 from modelfleet.bundle import BuildOptions, SigningKey, TrustedKeys, ValidationSet, build_bundle, read_bundle
 from modelfleet.clock import ManualClock
 from modelfleet.errors import ConfigError, IncompatibleError, ModelfleetError
 from modelfleet.sim import digits_mlp, tiny_cnn
 from modelfleet.sim.models import trap_classifier
+from modelfleet.telemetry import Summarizer, feature_values
 
 START = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 SLACK_S = 0.5  # scheduling slack on a busy 2-core machine
@@ -97,6 +99,11 @@ def ort_scores(installed, version, x):
 
 def by_role(summaries):
     return {(summary.version, summary.role): summary for summary in summaries}
+
+
+def only_one(summaries):
+    assert len(summaries) == 1
+    return summaries[0]
 
 
 def wait_for_event(predictor, kind, seen, timeout_s=15.0):
@@ -453,16 +460,35 @@ def test_inline_answers_are_the_models_answers_and_are_counted(make, installed, 
     assert by_role(predictor.flush(final=True))["1.0.0", "active"].n == 25
 
 
+@pytest.mark.parametrize("config", [INLINE, RuntimeConfig(timeout_s=1.0)], ids=["inline", "process"])
+def test_one_row_calls_count_what_the_summarizer_counts_of_their_arrays(make, installed, digits, clock, config):
+    # The Predictor hands a one-row answer to the summarizer in plain numbers: the same summary, but for latency.
+    predictor = make("1.0.0", config=config)
+    manifest, x = installed["1.0.0"].manifest, digits.x_val[:70]  # more rows than one pending block holds
+    layout = layout_of(manifest)
+    reference = Summarizer(layout, "digits", "1.0.0", "active", clock, salt=b"test")
+    scores = ort_scores(installed, "1.0.0", x).astype(np.float64)
+    for i in range(len(x)):
+        predictor.predict({"X": x[i : i + 1]})
+        features = feature_values({"X": x[i : i + 1]}, layout.input_order)
+        reference.observe(features, scores[i : i + 1].max(axis=1), scores[i : i + 1].argmax(axis=1), 1.0)
+
+    got = by_role(predictor.flush(final=True))["1.0.0", "active"]
+
+    latency = {"latency_counts", "latency_sum_ms"}
+    assert got.model_dump(exclude=latency) == only_one(reference.flush(final=True)).model_dump(exclude=latency)
+
+
 def test_inline_a_hung_model_is_terminated_and_gets_the_fallback_class(make, digits):
     predictor = make("2.0.0", config=INLINE)
 
     prediction = predictor.predict(HANGS)  # returns only because the watchdog terminated the run
 
     assert (prediction.fallback, prediction.reason, prediction.top1.tolist()) == (True, "timeout", [7])
-    after = predictor.predict(digits.x_val[:1])  # the same session serves on
-    assert (after.fallback, after.version) == (False, "2.0.0")
+    after = [predictor.predict(digits.x_val[i : i + 1]) for i in range(3)]  # the same session serves on
+    assert [(answer.fallback, answer.version) for answer in after] == [(False, "2.0.0")] * 3
     summary = by_role(predictor.flush(final=True))["2.0.0", "active"]
-    assert (summary.n, summary.timeouts, summary.fallbacks) == (2, 1, 1)
+    assert (summary.n, summary.timeouts, summary.fallbacks) == (4, 1, 1)
 
 
 def test_inline_a_runtime_error_gets_a_fallback(make):

@@ -350,6 +350,31 @@ def test_a_layout_that_cannot_be_counted_on_is_refused(case):
         SummaryLayout(**fields)
 
 
+ROW_REFUSED = {
+    "features of another layout": ((np.zeros((1, 4)), 0.5, 0, 1.0), "features must be"),
+    "two rows of features": ((np.zeros((2, 3)), 0.5, 0, 1.0), "one value per row"),
+    "confidence above one": ((np.zeros((1, 3)), 1.5, 0, 1.0), "within \\[0, 1\\]"),
+    "NaN confidence": ((np.zeros((1, 3)), float("nan"), 0, 1.0), "within \\[0, 1\\]"),
+    "unknown class": ((np.zeros((1, 3)), 0.5, 3, 1.0), "predicted classes"),
+    "negative class": ((np.zeros((1, 3)), 0.5, -1, 1.0), "predicted classes"),
+    "negative latency": ((np.zeros((1, 3)), 0.5, 0, -1.0), "latency_ms"),
+    "infinite latency": ((np.zeros((1, 3)), 0.5, 0, INF), "latency_ms"),
+}
+
+
+@pytest.mark.parametrize("case", list(ROW_REFUSED))
+def test_a_row_in_plain_numbers_is_refused_like_its_arrays_and_nothing_is_counted(case):
+    (features, confidence, predicted, latency), message = ROW_REFUSED[case]
+    summarizer = make()
+
+    with pytest.raises(ValueError, match=message):
+        summarizer.observe_row(features, confidence, predicted, latency)
+    with pytest.raises(ValueError, match=message):
+        summarizer.observe(features, np.array([confidence]), np.array([predicted]), latency)
+
+    assert summarizer.flush(final=True) == []
+
+
 # ------------------------------------------------------------------ concurrency and cost
 
 
@@ -504,8 +529,22 @@ def _as_reference(summary):
 CONFIDENCE_EDGES = [(0.0, 0.2, 0.5, 0.9, 1.0), (0.1, 0.5, 0.9), (0.25, 0.33, 0.9, 0.95)]  # per seed: outer bins too
 
 
+def observe_as_arrays(summarizer, features, confidence, predicted, latency, **flags):
+    summarizer.observe(features, confidence, predicted, latency, **flags)
+
+
+def observe_rows_as_numbers(summarizer, features, confidence, predicted, latency, **flags):
+    """Answered, unlabelled one-row calls in plain numbers (as the Predictor makes them), the rest as arrays."""
+    answered_row = confidence is not None and len(confidence) == 1 and flags["labels"] is None
+    if not (answered_row and not flags["error"] and not flags["timeout"]):
+        summarizer.observe(features, confidence, predicted, latency, **flags)
+        return
+    summarizer.observe_row(features, confidence.item(), predicted.item(), latency, fallback=flags["fallback"])
+
+
+@pytest.mark.parametrize("observe", [observe_as_arrays, observe_rows_as_numbers])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_block_counting_equals_counting_each_row_at_once(seed):
+def test_block_counting_equals_counting_each_row_at_once(seed, observe):
     # Random calls, mostly one row, across window ends and flushes; values on edges, outside them, NaN and infinite.
     rng = np.random.default_rng(seed)
     width = int(rng.integers(1, 300))
@@ -528,8 +567,16 @@ def test_block_counting_equals_counting_each_row_at_once(seed):
         labels = rng.integers(-1, 4, rows) if rng.uniform() < 0.3 else None
         latency = float(rng.choice([0.0, 0.5, 1.0, 3.7, 250.0, 1e6]))
         fallback = bool(rng.uniform() < 0.1)
-        summarizer.observe(
-            features, confidence, predicted, latency, error=error, timeout=timeout, fallback=fallback, labels=labels
+        observe(
+            summarizer,
+            features,
+            confidence,
+            predicted,
+            latency,
+            error=error,
+            timeout=timeout,
+            fallback=fallback,
+            labels=labels,
         )
         reference.observe(clock.now(), features, confidence, predicted, latency, labels, error, fallback, timeout)
         clock.advance(float(rng.exponential(0.5)))

@@ -13,7 +13,6 @@ native code or stop a single operator that never returns: that is what the defau
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
@@ -36,25 +35,38 @@ _MIN_TICK_S = 0.005
 class _Watchdog:
     """Sets the terminate flag of every run that passed its deadline; one daemon thread per worker.
 
-    Runs are registered without a lock: a single dict store or pop, ``next`` on a counter and a
-    ``list`` of the dict's values are each atomic in CPython, and this sits on every inference.
+    Runs are registered without a lock: a single dict store or pop, a list ``pop`` or ``append``
+    and a ``list`` of the dict's values are each atomic in CPython, and this sits on every inference.
+
+    Run options are reused, because making one costs microseconds right after an inference has evicted
+    the caches. ``end`` keeps a run's options for another run only when the run ended before its deadline:
+    the watchdog reads the time before it lists the runs, so a run it can still stop was listed before
+    ``end`` removed it and has a deadline at or before that reading, which comes before ``end``'s own. A
+    kept options' terminate flag was never set and never will be; a late run's options are dropped.
     """
 
     def __init__(self, tick_s: float, name: str) -> None:
         self._runs: dict[int, tuple[float, ort.RunOptions]] = {}
-        self._numbers = itertools.count()
+        self._spare: list[ort.RunOptions] = []  # at most one per thread that ran at once
         self._stop = threading.Event()
         self._tick = max(tick_s, _MIN_TICK_S)
         self._thread = threading.Thread(target=self._watch, name=f"modelfleet-{name}-watchdog", daemon=True)
         self._thread.start()
 
-    def begin(self, options: ort.RunOptions, bound_s: float) -> int:
-        number = next(self._numbers)
-        self._runs[number] = (time.monotonic() + bound_s, options)
-        return number
+    def begin(self, bound_s: float) -> ort.RunOptions:
+        """Run options for one run, watched from now until ``end``: terminated once ``bound_s`` has passed."""
+        try:
+            options = self._spare.pop()
+        except IndexError:
+            options = ort.RunOptions()
+        self._runs[id(options)] = (time.monotonic() + bound_s, options)
+        return options
 
-    def end(self, number: int) -> None:
-        self._runs.pop(number, None)
+    def end(self, options: ort.RunOptions) -> None:
+        """Stop watching the run of ``options``; keep them for another run if no terminate can reach them."""
+        deadline, _ = self._runs.pop(id(options))
+        if time.monotonic() < deadline:
+            self._spare.append(options)
 
     def close(self) -> None:
         self._stop.set()
@@ -62,7 +74,7 @@ class _Watchdog:
 
     def _watch(self) -> None:
         while not self._stop.wait(self._tick):
-            now = time.monotonic()
+            now = time.monotonic()  # before listing the runs: what ``end`` relies on to reuse options
             late = [options for deadline, options in list(self._runs.values()) if deadline <= now]
             for options in late:
                 options.terminate = True
@@ -114,8 +126,7 @@ class InlineWorker:
         if self._closed:
             return Outcome(None, "unavailable", "the worker is closed")
         bound = self._config.timeout_s if timeout_s is None else timeout_s
-        options = ort.RunOptions()
-        number = self._watchdog.begin(options, bound)
+        options = self._watchdog.begin(bound)
         try:
             outputs = self._engine.run(inputs, options)
         except Exception as exc:  # noqa: BLE001 - any runtime failure is an outcome, never an exception
@@ -123,7 +134,7 @@ class InlineWorker:
                 return Outcome(None, "timeout", f"the inference ran longer than {bound} s and was terminated")
             return Outcome(None, "error", f"{type(exc).__name__}: {exc}")
         finally:
-            self._watchdog.end(number)
+            self._watchdog.end(options)
         return Outcome(outputs)
 
     def wait_ready(self, timeout_s: float) -> bool:  # noqa: ARG002 - the same signature as InferenceWorker

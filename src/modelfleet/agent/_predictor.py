@@ -94,6 +94,7 @@ class _Version:
         self.version = installed.manifest.version
         self.role = role
         self.layout = layout_of(self.manifest)
+        self._head = self.manifest.contract.head
         self.name = f"{self.manifest.name}-{self.version}"
         self._events = context.events
         worker = InlineWorker if context.config.isolation == "inline" else InferenceWorker
@@ -110,7 +111,7 @@ class _Version:
         if outcome.outputs is None:
             return _Run({}, None, outcome.failure, outcome.detail, latency_ms)
         try:
-            scores = read_scores(self.manifest.contract.head, outcome.outputs, rows)
+            scores = read_scores(self._head, outcome.outputs, rows)
         except ValueError as exc:
             return _Run({}, None, "error", str(exc), latency_ms)
         return _Run(outcome.outputs, scores, None, "", latency_ms)
@@ -129,6 +130,10 @@ class _Version:
         if summarizer is None or features is None:
             return
         if scores is not None:
+            if labels is None and shadow is None and len(features) == 1:  # the common call, in plain numbers
+                confidence, top1 = scores.confidence.item(), scores.top1.item()
+                summarizer.observe_row(features, confidence, top1, run.latency_ms, fallback=fallback)
+                return
             summarizer.observe(
                 features,
                 scores.confidence,

@@ -8,9 +8,11 @@ every device's windows line up and the server can roll them up by time.
 
 Observing is on the application's critical path. A one-row call (a device's
 common case) is checked, its sums, outcome, latency, confidence and class counted
-at once in plain Python, and its raw features copied into a preallocated block;
-the block is binned in one vectorized pass when it is full, when the window
-changes and before every flush. So the caller pays a copy, and the binning is shared by a block of rows: the
+at once in plain Python (``observe_row`` takes the row's scores as plain numbers,
+so the Predictor hands over no small arrays to check), and its raw features copied
+into a preallocated block; the block is binned in one vectorized pass when it is
+full, when the window changes and before every flush. So the caller pays a copy,
+and the binning is shared by a block of rows: the
 bin edges are precomputed into one padded matrix, every feature of every row is
 compared with every edge in one broadcast comparison, and a window keeps, per
 (edge, feature), how many rows reached it (bin counts are the differences), so a
@@ -317,9 +319,13 @@ class _Pending:
         self.capacity = capacity
         self.window: _Window | None = None
 
-    def add(self, features: npt.NDArray[Any]) -> None:
-        """Copy one row's features (``[F]`` or ``[1, F]``) in; bin the block when it is full."""
-        self._features[self.rows] = features
+    def add(self, row: npt.NDArray[Any]) -> None:
+        """Copy one row's features (``[F]``) in; bin the block when it is full.
+
+        A ``[F]`` row, not a ``[1, F]`` call: numpy copies a row into a row several microseconds faster
+        than it drops a leading axis, right after an inference has evicted the caches.
+        """
+        self._features[self.rows] = row
         self.rows += 1
         if self.rows == self.capacity:
             self.drain()
@@ -474,6 +480,35 @@ class Summarizer:
                 window.shadow = window.shadow or _Shadow()
                 window.shadow.add(predicted, shadow, labels)
 
+    def observe_row(
+        self,
+        features: npt.NDArray[np.floating[Any]],
+        confidence: float,
+        predicted: int,
+        latency_ms: float,
+        *,
+        fallback: bool = False,
+    ) -> None:
+        """Count one answered, unlabelled row whose scores are plain numbers: a device's common call, kept short.
+
+        It counts what ``observe(features, np.array([confidence]), np.array([predicted]), latency_ms,
+        fallback=fallback)`` counts, and leaves what it does not take to that call, which names the error.
+
+        Args:
+            features: ``[1, F]`` features in layout order.
+            confidence: the top-1 confidence, in [0, 1].
+            predicted: the top-1 class.
+            latency_ms: the call's latency.
+            fallback: the caller got a fallback answer instead of this version's.
+
+        Raises:
+            ValueError: shapes or values that cannot be counted (nothing is counted then).
+        """
+        if features.shape != self._row_shape or not self._counted_row(
+            features[0], confidence, predicted, latency_ms, fallback
+        ):
+            self.observe(features, np.array([confidence]), np.array([predicted]), latency_ms, fallback=fallback)
+
     def flush(self, now: datetime | None = None, *, final: bool = False) -> list[Summary]:
         """Close and return the windows that ended by ``now`` (all of them if ``final``), oldest first."""
         moment = (now or self._clock.now()).timestamp()
@@ -506,9 +541,16 @@ class Summarizer:
         """
         if confidence.shape != _ONE or predicted.shape != _ONE or isinstance(latency_ms, np.ndarray):
             return False
-        value, top1, latency = float(confidence[0]), int(predicted[0]), float(latency_ms)
-        if not (0.0 <= value <= 1.0 and 0 <= top1 < self.layout.n_classes and 0.0 <= latency < math.inf):
+        # item(): a Python number without a numpy scalar in between (microseconds less with cold caches)
+        return self._counted_row(features[0], float(confidence.item()), int(predicted.item()), latency_ms, fallback)
+
+    def _counted_row(
+        self, row: npt.NDArray[Any], confidence: float, predicted: int, latency_ms: float, fallback: bool
+    ) -> bool:
+        """Count one answered, unlabelled row (``[F]`` features) at once; ``False``, counting nothing: out of range."""
+        if not (0.0 <= confidence <= 1.0 and 0 <= predicted < self.layout.n_classes and 0.0 <= latency_ms < math.inf):
             return False
+        value, top1, latency = float(confidence), int(predicted), float(latency_ms)
         with self._lock:
             timestamp, window = self._timestamp(), self._current
             if window is None or not window.start <= timestamp < window.end:
@@ -525,7 +567,7 @@ class Summarizer:
             window.row_latency[bisect.bisect_right(LATENCY_EDGES_MS, latency)] += 1
             window.row_confidence[bisect.bisect_right(self.layout.confidence_edges, value)] += 1
             window.row_predicted[top1] += 1
-            pending.add(features)
+            pending.add(row)
         return True
 
     def _observe_row(
@@ -559,7 +601,7 @@ class Summarizer:
                 window.n_correct += correct
                 window.row_confidence[bisect.bisect_right(self.layout.confidence_edges, confidence)] += 1
                 window.row_predicted[predicted] += 1
-            pending.add(features)
+            pending.add(features[0])
 
     def _row_score(
         self,

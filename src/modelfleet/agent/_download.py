@@ -288,8 +288,9 @@ class Downloader:
             have = 0
         self._check_space(transfer, have)
         headers = {"Range": f"bytes={have}-"} if have else {}
+        bounds = self._bounds(transfer.deadline)
         try:
-            with self._client.request("GET", transfer.url, headers=headers, timeouts=self._timeout(transfer)) as reply:
+            with self._client.request("GET", transfer.url, headers=headers, timeouts=bounds) as reply:
                 start = self._start_of(reply, transfer, have)
                 self._receive(reply, transfer, start)
         except ExchangeError as exc:
@@ -301,9 +302,6 @@ class Downloader:
             transfer.partial.unlink(missing_ok=True)
             msg = f"{message} while downloading {transfer.url}"
             raise TransportError(msg, code=code) from None
-
-    def _timeout(self, transfer: _Transfer) -> ClientTimeouts:
-        return self._bounds(transfer.deadline)
 
     def _bounds(self, deadline: float) -> ClientTimeouts:
         """Connect and read bounds, neither past ``deadline``."""

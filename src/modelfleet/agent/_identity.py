@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import secrets
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from modelfleet.agent._slots import fsync_dir
+from modelfleet.agent._slots import fsync_dir, replace_durably
 from modelfleet.bundle import DeviceProfile, parse_private_key
 from modelfleet.clock import Clock
 from modelfleet.errors import ConfigError
@@ -38,20 +36,9 @@ CREDENTIAL_FILE = "credential"
 
 
 def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Replace ``path`` atomically and durably with ``data``, readable by the owner only."""
+    """Replace ``path`` atomically and durably with ``data``, readable by the owner only (in a 0700 directory)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        Path(temp).replace(path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+    replace_durably(path, data, mode)
 
 
 def new_device_id() -> str:

@@ -458,11 +458,16 @@ def _check_identity(manifest: Manifest, model: str, version: str) -> None:
         raise ManifestError(msg, code="identity")
 
 
-def replace_durably(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` atomically and durably: temp file, fsync, rename, fsync the directory."""
+def replace_durably(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Replace ``path`` with ``data`` atomically and durably: temp file, fsync, rename, fsync the directory.
+
+    The file gets ``mode`` when given (else the temp file's 0600) before any byte is written.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

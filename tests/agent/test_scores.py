@@ -36,6 +36,9 @@ def test_one_row_equals_the_batch_path(case):
     assert one.confidence.dtype == np.float64
     assert one.top1.tolist() == top1.tolist()
     assert one.confidence.tolist() == confidence.tolist()
+    # the plain numbers the summarizer's one-row call takes are the same answer, as Python types
+    assert one.row == (confidence.item(), top1.item())
+    assert (type(one.row[0]), type(one.row[1])) == (float, int)
 
 
 def test_random_rows_equal_the_batch_path():
@@ -51,3 +54,11 @@ def test_random_rows_equal_the_batch_path():
 def test_a_row_holding_nan_or_infinity_is_refused(bad):
     with pytest.raises(ValueError, match="NaN or infinite"):
         read_scores(head(), {"p": np.array([[0.5, bad, 0.1]], np.float32)}, 1)
+
+
+@pytest.mark.parametrize("kind", ["probabilities", "logits"])
+def test_a_batch_or_logits_carry_no_plain_row(kind):
+    raw = ROWS["softmax"]
+    assert read_scores(head(kind), {"p": np.concatenate([raw, raw])}, 2).row is None
+    if kind == "logits":  # logits are read the batch way, one row too
+        assert read_scores(head(kind), {"p": raw}, 1).row is None

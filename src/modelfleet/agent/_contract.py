@@ -170,10 +170,15 @@ def _dtype(name: str) -> np.dtype[np.generic]:
 
 
 class Scores(NamedTuple):
-    """A classifier's answer per row: top-1 class and its confidence in [0, 1] (made on every call: a tuple)."""
+    """A classifier's answer per row: top-1 class and its confidence in [0, 1] (made on every call: a tuple).
+
+    ``row`` repeats a one-row answer as plain ``(confidence, class)`` numbers, for the summarizer's one-row
+    call; ``None`` for a batch.
+    """
 
     top1: npt.NDArray[np.int64]
     confidence: npt.NDArray[np.float64]
+    row: tuple[float, int] | None = None
 
 
 def read_scores(head: Head, outputs: Mapping[str, Array], rows: int) -> Scores:
@@ -207,9 +212,11 @@ def _one_row_probabilities(head: Head, raw: Array) -> Scores:
         msg = f"scores output {head.scores_output!r} holds NaN or infinite values"
         raise ValueError(msg)
     top = max(values)  # the first of equal maxima, as argmax picks
+    predicted, confidence = values.index(top), min(max(float(top), 0.0), 1.0)
     return Scores(
-        top1=np.array([values.index(top)], dtype=np.int64),
-        confidence=np.array([min(max(top, 0.0), 1.0)], dtype=np.float64),
+        top1=np.array([predicted], dtype=np.int64),
+        confidence=np.array([confidence], dtype=np.float64),
+        row=(confidence, predicted),
     )
 
 

@@ -131,7 +131,7 @@ class _Version:
             return
         if scores is not None:
             if labels is None and shadow is None and len(features) == 1:  # the common call, in plain numbers
-                confidence, top1 = scores.confidence.item(), scores.top1.item()
+                confidence, top1 = scores.row or (scores.confidence.item(), scores.top1.item())
                 summarizer.observe_row(features, confidence, top1, run.latency_ms, fallback=fallback)
                 return
             summarizer.observe(

@@ -157,6 +157,8 @@ class OnnxRuntime:
             msg = "OnnxRuntime.run called before load"
             raise RuntimeError(msg)
         results = self._session.run(self._outputs, inputs if type(inputs) is dict else dict(inputs), options)
+        if all(type(value) is np.ndarray for value in results):  # tensors, as almost every model answers
+            return dict(zip(self._outputs, results, strict=True))
         return {name: np.asarray(value) for name, value in zip(self._outputs, results, strict=True)}
 
     def close(self) -> None:

@@ -101,7 +101,8 @@ Version = Annotated[str, Field(max_length=128), AfterValidator(_semver)]
 
 
 class _Wire(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # built on first use: an idle agent imports the schema and never needs it (3 MB)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
 
 class ShadowStats(_Wire):

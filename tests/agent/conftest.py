@@ -5,16 +5,20 @@ module with ``build_bundle`` (a healthy v1 and v2, a v3 whose latency budget no
 model can meet, a v4 for another architecture). :class:`BundleServer` is a threaded
 ``http.server`` on 127.0.0.1 with ``Range`` support and knobs to stall, trickle, send
 more bytes than declared, drop the connection, corrupt ranged replies, and call back
-while sending (to fill a disk at the worst moment).
+while sending (to fill a disk at the worst moment). :class:`ForwardingProxy` is a real
+HTTP proxy (CONNECT tunnels and absolute-form forwarding) that counts what it saw.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import http.client
 import http.server
 import os
 import platform
 import re
+import select
 import shutil
 import socket
 import threading
@@ -22,6 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import onnxruntime as ort
 import pytest
@@ -415,3 +420,170 @@ def mosquitto_binary() -> str:
         missing_broker("the mosquitto binary is not installed")
     assert binary is not None
     return binary
+
+
+# ------------------------------------------------------------------ a forwarding HTTP proxy
+
+_HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-authorization", "proxy-authenticate", "proxy-connection", "te", "trailer"}
+    | {"transfer-encoding", "upgrade"}
+)
+
+
+@dataclass(frozen=True)
+class ProxiedRequest:
+    """A request the proxy received: method, target as sent (``host:port`` or an absolute URL), headers."""
+
+    method: str
+    target: str
+    headers: dict[str, str]
+
+
+class ForwardingProxy(http.server.ThreadingHTTPServer):
+    """A real HTTP proxy on 127.0.0.1: relays CONNECT tunnels byte for byte, forwards absolute-form requests.
+
+    Like a real proxy it resolves names itself (``hosts``: names only it knows, such as
+    ``fleet.test``) and strips hop-by-hop headers, ``Proxy-Authorization`` included, before forwarding.
+
+    Attributes:
+        seen: every request it received, in order.
+        hosts: names it resolves to addresses.
+        credentials: ``user:password`` it demands (407 without them), if any.
+        refuse: a status it answers every CONNECT with instead of opening the tunnel, if any.
+    """
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+        self.lock = threading.Lock()
+        self.seen: list[ProxiedRequest] = []
+        self.hosts: dict[str, str] = {}
+        self.credentials: str | None = None
+        self.refuse: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def url_with(self, user: str, password: str) -> str:
+        """The proxy's URL with credentials in it, as ``HTTPS_PROXY`` would hold them."""
+        return f"http://{user}:{password}@127.0.0.1:{self.server_address[1]}"
+
+    def requests(self) -> list[tuple[str, str]]:
+        """``(method, target)`` of every request so far."""
+        with self.lock:
+            return [(seen.method, seen.target) for seen in self.seen]
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """A client that hangs up mid-relay is normal here; keep the log quiet."""
+
+
+class _ProxyHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: ForwardingProxy
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the stdlib's signature
+        """Keep test output quiet."""
+
+    def do_CONNECT(self) -> None:
+        if not self._admitted():
+            return
+        if self.server.refuse is not None:
+            self._answer(self.server.refuse)
+            return
+        host, _, port = self.path.rpartition(":")
+        try:
+            upstream = socket.create_connection((self.server.hosts.get(host, host), int(port)), timeout=10)
+        except OSError:
+            self._answer(502)
+            return
+        self.send_response(200, "Connection established")
+        self.end_headers()
+        self.close_connection = True
+        with upstream:
+            _relay(self.connection, upstream)
+
+    def do_GET(self) -> None:
+        self._forward()
+
+    def do_POST(self) -> None:
+        self._forward()
+
+    def _admitted(self) -> bool:
+        """Record the request; answer 407 when credentials are demanded and missing or wrong."""
+        with self.server.lock:
+            self.server.seen.append(ProxiedRequest(self.command, self.path, dict(self.headers.items())))
+        wanted = self.server.credentials
+        if wanted is None or self.headers.get("Proxy-Authorization") == basic(wanted):
+            return True
+        self._answer(407, {"Proxy-Authenticate": 'Basic realm="test proxy"'})
+        return False
+
+    def _forward(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        if not self._admitted():
+            return
+        target = urlsplit(self.path)
+        assert target.hostname is not None, f"not an absolute-form request: {self.path}"
+        host = self.server.hosts.get(target.hostname, target.hostname)
+        headers = {name: value for name, value in self.headers.items() if name.lower() not in _HOP_BY_HOP}
+        upstream = http.client.HTTPConnection(host, target.port or 80, timeout=10)
+        try:
+            path = (target.path or "/") + (f"?{target.query}" if target.query else "")
+            upstream.request(self.command, path, body=body, headers=headers)
+            reply = upstream.getresponse()
+            content = reply.read()
+        except OSError:
+            self._answer(502)
+            return
+        finally:
+            upstream.close()
+        self.send_response(reply.status, reply.reason)
+        for name, value in reply.getheaders():
+            if name.lower() not in _HOP_BY_HOP | {"content-length"}:
+                self.send_header(name, value)
+        self.send_header("Content-Length", str(len(content)))
+        self.end_headers()
+        self.wfile.write(content)
+
+    def _answer(self, status: int, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        self.close_connection = True
+
+
+def _relay(client: socket.socket, upstream: socket.socket) -> None:
+    """Copy bytes both ways until either side closes (or both stay silent for 30 s)."""
+    peers = {client: upstream, upstream: client}
+    while True:
+        readable, _, _ = select.select(list(peers), [], [], 30)
+        if not readable:
+            return
+        for sock in readable:
+            try:
+                data = sock.recv(64 * 1024)
+                if not data:
+                    return
+                peers[sock].sendall(data)
+            except OSError:
+                return
+
+
+def basic(credentials: str) -> str:
+    """The ``Proxy-Authorization`` value for ``user:password``."""
+    return "Basic " + base64.b64encode(credentials.encode()).decode("ascii")
+
+
+@pytest.fixture
+def forwarding_proxy() -> Iterator[ForwardingProxy]:
+    """A forwarding proxy for one test, counting what it saw."""
+    with ForwardingProxy() as proxy:
+        thread = threading.Thread(target=proxy.serve_forever, daemon=True)
+        thread.start()
+        yield proxy
+        proxy.shutdown()

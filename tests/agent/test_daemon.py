@@ -403,6 +403,34 @@ def test_run_once_cli_enrolls(tmp_path: Path, live: LiveServer) -> None:
     assert [d["status"] for d in devices] == ["accepted"]
 
 
+def test_an_agent_behind_a_proxy_enrolls_and_checks_in_through_it(
+    tmp_path: Path, live: LiveServer, forwarding_proxy
+) -> None:
+    # The whole path: the environment read by modelfleet.config, `agent run --proxy` saved in agent.json,
+    # the lean entry point, the agent's transport, a real proxy and a real server.
+    data_dir = tmp_path / "proxied-agent"
+    trusted = str(live.config.trusted_keys[0])
+    clean = {name: value for name, value in os.environ.items() if not name.lower().endswith("_proxy")}
+    command = [sys.executable, "-m", "modelfleet", "agent", "run", "--data-dir", str(data_dir), "--once"]
+
+    def run(*options: str, **env: str) -> None:
+        done = subprocess.run(
+            [*command, *options], env={**clean, **env}, capture_output=True, text=True, timeout=120, check=False
+        )
+        assert done.returncode == 0, done.stderr + done.stdout
+
+    first = ("--server", live.url, "--enroll-token", live.enrollment_token(), "--trust", trusted)
+    run(*first, http_proxy=forwarding_proxy.url)
+    enrolled = [("POST", f"{live.url}/v1/devices/enroll"), ("POST", f"{live.url}/v1/devices/checkin")]
+    assert forwarding_proxy.requests() == enrolled
+    run("--proxy", forwarding_proxy.url)  # saved: later runs use it without the variable
+    run()
+    assert forwarding_proxy.requests() == [*enrolled, *[("POST", f"{live.url}/v1/devices/checkin")] * 2]
+    run(NO_PROXY="127.0.0.1")  # NO_PROXY applies to the saved proxy too
+    assert len(forwarding_proxy.requests()) == 4
+    assert agent_status(data_dir)["status"] == "accepted"
+
+
 def test_run_cli_loops_until_sigterm(tmp_path: Path, live: LiveServer) -> None:
     data_dir = tmp_path / "loop-agent"
     command = [

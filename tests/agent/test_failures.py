@@ -14,6 +14,7 @@ HTTP_FAILURES = {
     "answer over its bound": (ExchangeError("long", code="too_large"), "timeout", "bad_response"),
     "refused": (ExchangeError("refused", code="connection"), "timeout", "connection"),
     "cut short": (ExchangeError("peer closed", code="connection"), "stalled", "connection"),
+    "proxy refused": (ExchangeError("407", code="proxy"), "stalled", "proxy"),
 }
 
 

@@ -1,7 +1,8 @@
-"""The agent's HTTP client against a real HTTP/1.1 server on loopback (plain and TLS)."""
+"""The agent's HTTP client against a real HTTP/1.1 server on loopback (plain and TLS), direct and through a proxy."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import http.server
 import ipaddress
@@ -11,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote, unquote
 
 import pytest
 from cryptography import x509
@@ -19,6 +21,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from modelfleet.agent import ClientTimeouts, ExchangeError, HttpClient, HttpTransport
+from modelfleet.agent._failures import http_failure
+from modelfleet.agent._http import origin_of
+from modelfleet.agent._proxy import ProxyRoutes
+from modelfleet.config import ProxyServer, ProxySettings
 
 BIG = bytes(range(256)) * 4096  # 1 MiB
 
@@ -38,7 +44,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.requests_here += 1
-        path = self.path.split("?")[0]
+        self._note()
+        path, _, query = self.path.partition("?")
+        if path == "/redirect":
+            self.send_response(302)
+            self.send_header("Location", unquote(query.removeprefix("to=")))
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if path == "/drop-second" and self.requests_here > 1:
             self.close_connection = True  # read the request, then hang up without an answer
             return
@@ -67,6 +80,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self.requests_here += 1
+        self._note()
         body = self.rfile.read(int(self.headers["Content-Length"]))
         if self.path == "/drop-second" and self.requests_here > 1:
             self.close_connection = True
@@ -76,6 +90,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _note(self) -> None:
+        with self.server.lock:
+            self.server.seen.append(dict(self.headers.items()))
+
 
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
@@ -84,6 +102,7 @@ class _Server(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.lock = threading.Lock()
         self.connections = 0
+        self.seen: list[dict[str, str]] = []  # the headers of every request
 
     @property
     def url(self) -> str:
@@ -239,7 +258,12 @@ def _self_signed(directory: Path) -> tuple[Path, Path]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("fleet.test")]
+            ),
+            critical=False,
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
@@ -281,3 +305,218 @@ def test_https_to_an_untrusted_server_fails_the_handshake(tls_server: tuple[_Ser
         client.request("GET", f"{server.url}/a")
     assert failed.value.code == "connection"
     assert "TLS handshake" in failed.value.message
+
+
+# ------------------------------------------------------------------ proxies
+
+
+def _basic(credentials: str) -> str:
+    return "Basic " + base64.b64encode(credentials.encode()).decode("ascii")
+
+
+def _through(proxy_url: str, *, no_proxy: tuple[str, ...] = (), context: ssl.SSLContext | None = None) -> HttpTransport:
+    """A transport sending both schemes through ``proxy_url``, except to the ``no_proxy`` hosts."""
+    server = ProxyServer.from_url(proxy_url)
+    return HttpTransport(ssl_context=context, proxies=ProxySettings(http=server, https=server, no_proxy=no_proxy))
+
+
+def _port(server: _Server) -> int:
+    return int(server.server_address[1])
+
+
+def _origin(request: pytest.FixtureRequest, scheme: str) -> tuple[_Server, Path | None]:
+    """The plain or the TLS server (only the one a test needs: each costs half a second to stop)."""
+    if scheme == "http":
+        return request.getfixturevalue("server"), None
+    return request.getfixturevalue("tls_server")
+
+
+def test_https_goes_through_a_connect_tunnel_to_a_host_only_the_proxy_can_resolve(
+    tls_server: tuple[_Server, Path], forwarding_proxy
+) -> None:
+    server, cert = tls_server
+    forwarding_proxy.hosts["fleet.test"] = "127.0.0.1"
+    transport = _through(forwarding_proxy.url, context=ssl.create_default_context(cafile=str(cert)))
+    origin = f"https://fleet.test:{_port(server)}"
+    with HttpClient(base_url=origin, transport=transport, auth=lambda _url: "Bearer mfd_device") as client:
+        assert _fetch(client, "/a") == (200, b"hello 1")
+        with client.request("POST", "/echo", body=b"summary") as reply:
+            assert reply.read(100) == b"summary"
+    transport.close()
+    assert forwarding_proxy.requests() == [("CONNECT", f"fleet.test:{_port(server)}")]  # one tunnel, kept alive
+    assert server.connections == 1
+    assert [seen["Authorization"] for seen in server.seen] == ["Bearer mfd_device"] * 2  # end to end, in the tunnel
+    assert [seen["Host"] for seen in server.seen] == [f"fleet.test:{_port(server)}"] * 2
+    assert "Authorization" not in forwarding_proxy.seen[0].headers
+
+
+def test_tls_in_the_tunnel_is_checked_against_the_origin_name(
+    tls_server: tuple[_Server, Path], forwarding_proxy
+) -> None:
+    server, cert = tls_server
+    forwarding_proxy.hosts["other.test"] = "127.0.0.1"  # the same server, whose certificate does not name it
+    transport = _through(forwarding_proxy.url, context=ssl.create_default_context(cafile=str(cert)))
+    with HttpClient(transport=transport) as client, pytest.raises(ExchangeError) as failed:
+        client.request("GET", f"https://other.test:{_port(server)}/a")
+    assert failed.value.code == "connection"
+    assert failed.value.message.startswith(f"TLS handshake with other.test:{_port(server)} through proxy ")
+    assert "certificate verify failed" in failed.value.message
+
+
+def test_http_goes_to_the_proxy_in_absolute_form(server: _Server, forwarding_proxy) -> None:
+    forwarding_proxy.hosts["fleet.test"] = "127.0.0.1"
+    origin = f"http://fleet.test:{_port(server)}"
+    with HttpClient(base_url=origin, transport=_through(forwarding_proxy.url)) as client:
+        assert _fetch(client, "/a?x=1") == (200, b"hello 1")
+        with client.request("POST", "/echo", body=b"enroll", idempotent=False) as reply:
+            assert reply.read(100) == b"enroll"
+        client.transport.close()
+    assert forwarding_proxy.requests() == [("GET", f"{origin}/a?x=1"), ("POST", f"{origin}/echo")]
+    assert [seen["Host"] for seen in server.seen] == [f"fleet.test:{_port(server)}"] * 2
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_no_proxy_hosts_go_direct_and_the_proxy_sees_nothing(
+    scheme: str, request: pytest.FixtureRequest, forwarding_proxy
+) -> None:
+    origin, cert = _origin(request, scheme)
+    context = ssl.create_default_context(cafile=str(cert)) if cert else None
+    transport = _through(forwarding_proxy.url, no_proxy=("example.com", "127.0.0.1"), context=context)
+    with HttpClient(base_url=origin.url, transport=transport) as client:
+        assert _fetch(client, "/a") == (200, b"hello 1")
+    transport.close()
+    assert forwarding_proxy.requests() == []
+    assert origin.connections == 1
+
+
+def test_a_redirect_to_a_no_proxy_host_leaves_the_proxy(server: _Server, forwarding_proxy) -> None:
+    forwarding_proxy.hosts["fleet.test"] = "127.0.0.1"
+    direct = f"http://127.0.0.1:{_port(server)}/b"
+    transport = _through(forwarding_proxy.url, no_proxy=("127.0.0.1",))
+    with HttpClient(transport=transport, auth=lambda _url: None) as client:
+        start = f"http://fleet.test:{_port(server)}/redirect?to={quote(direct, safe='')}"
+        with client.request("GET", start) as reply:
+            assert (reply.url, reply.read(100)) == (direct, b"hello 1")
+    transport.close()
+    assert forwarding_proxy.requests() == [("GET", start)]  # the second hop went direct
+    assert server.connections == 2
+
+
+def test_proxy_credentials_go_in_the_connect_and_never_reach_the_origin(
+    tls_server: tuple[_Server, Path], forwarding_proxy
+) -> None:
+    server, cert = tls_server
+    forwarding_proxy.credentials = "dev:s3cret"
+    proxy_url = forwarding_proxy.url_with("dev", "s3cret")
+    transport = _through(proxy_url, context=ssl.create_default_context(cafile=str(cert)))
+    with HttpClient(base_url=server.url, transport=transport, auth=lambda _url: "Bearer mfd_device") as client:
+        assert _fetch(client, "/a") == (200, b"hello 1")
+    transport.close()
+    (connect,) = forwarding_proxy.seen
+    assert connect.headers["Proxy-Authorization"] == _basic("dev:s3cret")
+    assert connect.headers["Host"] == f"127.0.0.1:{_port(server)}"
+    assert "Authorization" not in connect.headers
+    assert "Proxy-Authorization" not in server.seen[0]
+    assert server.seen[0]["Authorization"] == "Bearer mfd_device"
+
+
+def test_proxy_credentials_go_with_each_absolute_form_request(server: _Server, forwarding_proxy) -> None:
+    forwarding_proxy.credentials = "dev:p@ss/word"  # percent-encoded in the URL, sent decoded
+    transport = _through(forwarding_proxy.url_with("dev", quote("p@ss/word", safe="")))
+    with HttpClient(base_url=server.url, transport=transport) as client:
+        assert _fetch(client, "/a") == (200, b"hello 1")
+        assert _fetch(client, "/a") == (200, b"hello 1")  # the proxy opens an upstream connection per request
+    transport.close()
+    assert [seen.headers["Proxy-Authorization"] for seen in forwarding_proxy.seen] == [_basic("dev:p@ss/word")] * 2
+    assert all("Proxy-Authorization" not in seen for seen in server.seen)
+
+
+REFUSALS = {
+    "wrong credentials, tunnel": ("https", {"credentials": "dev:right"}, "407 Proxy Authentication Required"),
+    "no credentials, tunnel": ("https", {"credentials": "dev:right", "user": None}, "407"),
+    "forbidden target, tunnel": ("https", {"refuse": 403}, "403 Forbidden"),
+    "wrong credentials, absolute form": ("http", {"credentials": "dev:right"}, "407 Proxy Authentication Required"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+def test_a_proxy_refusal_is_a_proxy_error_naming_the_proxy_and_status_but_no_password(
+    case: str, request: pytest.FixtureRequest, forwarding_proxy
+) -> None:
+    scheme, knobs, status = REFUSALS[case]
+    origin, _cert = _origin(request, scheme)
+    forwarding_proxy.credentials = knobs.get("credentials")
+    forwarding_proxy.refuse = knobs.get("refuse")
+    proxy_url = forwarding_proxy.url_with("dev", "hunter2") if knobs.get("user", "dev") else forwarding_proxy.url
+    with (
+        HttpClient(base_url=origin.url, transport=_through(proxy_url)) as client,
+        pytest.raises(ExchangeError) as failed,
+    ):
+        client.request("GET", "/a")
+    reported = http_failure(f"{origin.url}/a", failed.value)
+    assert (failed.value.code, reported.code) == ("proxy", "proxy")
+    assert f"proxy {forwarding_proxy.url} refused" in failed.value.message
+    assert status in failed.value.message
+    assert f"127.0.0.1:{_port(origin)}" in failed.value.message
+    assert all("hunter2" not in text for text in (str(failed.value), repr(failed.value), str(reported)))
+    assert origin.seen == []
+
+
+def test_an_unreachable_proxy_is_a_connection_failure_without_its_password() -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    transport = _through(f"http://dev:hunter2@127.0.0.1:{port}")
+    with HttpClient(transport=transport) as client, pytest.raises(ExchangeError) as failed:
+        client.request("GET", "https://fleet.test/a")
+    assert failed.value.code == "connection"
+    assert failed.value.message.startswith(f"cannot connect to fleet.test:443 through proxy http://127.0.0.1:{port}: ")
+    assert "hunter2" not in str(failed.value)
+    assert "hunter2" not in repr(ProxyServer.from_url(f"http://dev:hunter2@127.0.0.1:{port}"))
+
+
+# Which requests a NO_PROXY list sends direct: (NO_PROXY entries, URL, through the proxy?).
+ROUTES = {
+    "no list": ((), "https://fleet.example.com/x", True),
+    "loopback is proxied unless listed": ((), "http://127.0.0.1:8080/x", True),
+    "localhost is proxied unless listed": (("127.0.0.1",), "http://localhost/x", True),
+    "star": (("*",), "https://fleet.example.com/x", False),
+    "star among others": (("intranet", "*"), "https://fleet.example.com/x", False),
+    "exact name": (("fleet.example.com",), "https://fleet.example.com/x", False),
+    "name covers subdomains": (("example.com",), "https://fleet.example.com/x", False),
+    "name covers itself": (("example.com",), "https://example.com/x", False),
+    "leading dot covers subdomains": ((".example.com",), "https://fleet.example.com/x", False),
+    "leading dot covers the domain": ((".example.com",), "https://example.com/x", False),
+    "star dot covers subdomains": (("*.example.com",), "https://fleet.example.com/x", False),
+    "suffix is not a label": (("example.com",), "https://notexample.com/x", True),
+    "other domain": (("example.org",), "https://fleet.example.com/x", True),
+    "trailing dot in the URL": (("example.com",), "https://fleet.example.com./x", False),
+    "name with the port": (("fleet.example.com:8443",), "https://fleet.example.com:8443/x", False),
+    "name with another port": (("fleet.example.com:8443",), "https://fleet.example.com/x", True),
+    "default port written": (("fleet.example.com:443",), "https://fleet.example.com/x", False),
+    "bad port matches nothing": (("fleet.example.com:https",), "https://fleet.example.com/x", True),
+    "ipv4 address": (("10.1.2.3",), "http://10.1.2.3:8080/x", False),
+    "ipv4 address with port": (("10.1.2.3:8080",), "http://10.1.2.3:8080/x", False),
+    "ipv4 network": (("10.0.0.0/8",), "http://10.1.2.3/x", False),
+    "outside the network": (("10.0.0.0/8",), "http://11.1.2.3/x", True),
+    "names are not resolved": (("127.0.0.0/8",), "http://localhost/x", True),
+    "ipv6 address": (("::1",), "http://[::1]:8080/x", False),
+    "ipv6 in brackets with port": (("[::1]:8080",), "http://[::1]:8080/x", False),
+    "ipv6 network": (("fd00::/8",), "http://[fd12::5]/x", False),
+    "ipv6 entry and an ipv4 host": (("::1",), "http://127.0.0.1/x", True),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ROUTES))
+def test_no_proxy_decides_which_requests_go_direct(case: str) -> None:
+    entries, url, proxied = ROUTES[case]
+    server = ProxyServer("proxy.internal", 3128)
+    routes = ProxyRoutes(ProxySettings(http=server, https=server, no_proxy=entries))
+    assert routes.proxy_for(*origin_of(url)) == (server if proxied else None)
+
+
+def test_a_scheme_without_a_proxy_goes_direct() -> None:
+    routes = ProxyRoutes(ProxySettings(https=ProxyServer("proxy.internal", 3128)))
+    assert routes.proxy_for(*origin_of("http://fleet.example.com/x")) is None
+    assert routes.proxy_for(*origin_of("https://fleet.example.com/x")) == ProxyServer("proxy.internal", 3128)

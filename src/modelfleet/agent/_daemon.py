@@ -51,6 +51,7 @@ from modelfleet.agent._candidate import CandidateFile, Serving
 from modelfleet.agent._client import ClockSkewError, CredentialRejectedError, DeviceClient
 from modelfleet.agent._download import Downloader, DownloadPolicy, backoff_delay, disk_free
 from modelfleet.agent._health import HealthPolicy
+from modelfleet.agent._http import HttpTransport
 from modelfleet.agent._identity import CredentialFile, DeviceIdentity, write_private
 from modelfleet.agent._install import CANDIDATE_FILE, InstallConfig, Installer
 from modelfleet.agent._journal import JournalFile
@@ -59,6 +60,7 @@ from modelfleet.agent._slots import CANDIDATE, CURRENT, PREVIOUS, SlotStore
 from modelfleet.agent._wake import WakeListener
 from modelfleet.bundle import DeviceProfile, PublicKey, TrustedKeys
 from modelfleet.clock import Clock, SystemClock
+from modelfleet.config import ProxySettings
 from modelfleet.errors import BadDataError, ConfigError, ModelfleetError, PermissionDeniedError, TransportError
 from modelfleet.protocol import (
     EXPERIMENT_MODES,
@@ -97,6 +99,8 @@ class AgentConfig(BaseModel):
         tags: the device's own tags, reported in its inventory.
         enroll_token: the enrollment token to enroll with, if any.
         mqtt_url: the MQTT broker the server sends wake-ups through (``mqtt://host:1883``), if any.
+        proxy_url: the HTTP proxy for every request (``http://[user:password@]host[:port]``), replacing
+            ``HTTPS_PROXY`` and ``HTTP_PROXY``; ``NO_PROXY`` still applies. ``None``: the environment's.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -108,6 +112,7 @@ class AgentConfig(BaseModel):
     tags: dict[str, str] = Field(default_factory=dict)
     enroll_token: str | None = None
     mqtt_url: str | None = Field(default=None, pattern=r"^mqtts?://\S+$")
+    proxy_url: str | None = Field(default=None, pattern=r"^\S+$", repr=False)  # may hold a password
 
     def trusted(self) -> TrustedKeys:
         """The pinned keys and threshold.
@@ -230,6 +235,8 @@ class Agent:
         profile: what the device is (this machine by default).
         clock: wall and monotonic time.
         client: the API client (one for ``config.server`` by default).
+        proxy: the HTTP proxies of the default client (none unless given: ``python -m modelfleet.agent``
+            reads them with :func:`modelfleet.config.load_proxy_settings`).
         download: download bounds.
         health: health check settings.
         predictor: an application's predictor whose summaries and events the agent forwards.
@@ -249,6 +256,7 @@ class Agent:
         profile: DeviceProfile | None = None,
         clock: Clock | None = None,
         client: DeviceClient | None = None,
+        proxy: ProxySettings | None = None,
         download: DownloadPolicy | None = None,
         health: HealthPolicy | None = None,
         predictor: Predictor | None = None,
@@ -266,7 +274,8 @@ class Agent:
         self.state = AgentState.load(data_dir)
         self._clock = _OffsetClock(clock or SystemClock(), self.state.clock_offset_s)
         self.profile = profile or default_profile(data_dir, config.tags)
-        self.client = client or DeviceClient(config.server)
+        self._transport = HttpTransport(proxies=proxy) if client is None else None
+        self.client = client or DeviceClient(config.server, transport=self._transport)
         self.client.credential = self.credentials.load()
         self.outbox = Outbox(data_dir / OUTBOX_FILE)
         self.predictor: Predictor | None = None
@@ -299,6 +308,8 @@ class Agent:
         self.installer.close()
         self._http.close()
         self.client.close()
+        if self._transport is not None:
+            self._transport.close()
         self.outbox.close()
 
     def __enter__(self) -> Self:

@@ -46,7 +46,8 @@ Progress = Callable[[int], None]
 
 _KIB = 1024
 _RETRYABLE = frozenset(
-    {"connection", "connect_timeout", "stalled", "too_slow", "short_body", "range", "http_408", "http_429", "http_5xx"}
+    {"connection", "connect_timeout", "proxy", "stalled", "too_slow", "short_body", "range"}
+    | {"http_408", "http_429", "http_5xx"}
 )
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _HTTP_OK, _HTTP_PARTIAL, _HTTP_RANGE_NOT_SATISFIABLE = 200, 206, 416

@@ -17,6 +17,7 @@ from pathlib import Path
 from types import FrameType
 
 from modelfleet.agent._daemon import Agent, AgentConfig
+from modelfleet.config import load_proxy_settings
 from modelfleet.errors import ConfigError, ModelfleetError
 
 __all__ = ["command_line", "main", "run"]
@@ -33,14 +34,17 @@ def command_line(data_dir: Path, *, once: bool, verbose: bool) -> list[str]:
 def run(data_dir: Path, *, once: bool) -> int:
     """Step once, or until SIGTERM/SIGINT; the exit status (0, or 1 when refused or stopped for good).
 
+    Proxies: the saved ``proxy_url``, else ``HTTPS_PROXY`` / ``HTTP_PROXY``; ``NO_PROXY`` either way.
+
     Raises:
-        ConfigError: the data directory holds no agent configuration.
+        ConfigError: the data directory holds no agent configuration, or a proxy URL is unusable.
     """
     config = AgentConfig.load(data_dir)
     if config is None:
         msg = f"{data_dir} holds no agent configuration; run `modelfleet agent run --server ... --trust ...` first"
         raise ConfigError(msg, code="agent_not_configured")
-    with Agent(data_dir, config) as agent:
+    proxy = load_proxy_settings(proxy=config.proxy_url)
+    with Agent(data_dir, config, proxy=proxy) as agent:
         if once:
             result = agent.step()
             line = f"device {agent.identity.device_id}: {result.status}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 
-from modelfleet.agent._http import CONNECT_TIMEOUT, READ_TIMEOUT, TOO_LARGE, ExchangeError
+from modelfleet.agent._http import CONNECT_TIMEOUT, PROXY, READ_TIMEOUT, TOO_LARGE, ExchangeError
 from modelfleet.errors import TransportError
 
 __all__ = ["disk_failure", "http_failure"]
@@ -21,7 +21,8 @@ def http_failure(where: str, error: ExchangeError, *, timeout_code: str = "timeo
 
     Codes: ``connect_timeout`` (no connection within the bound), ``timeout_code`` for a
     silent peer (the downloader calls it ``stalled``), ``bad_response`` for an answer over
-    its bound, ``connection`` for the rest (refused, reset, a body cut short, a protocol error).
+    its bound, ``proxy`` when the proxy refused (a CONNECT not answered 200, a 407), ``connection``
+    for the rest (refused, reset, a body cut short, a protocol error).
     """
     if error.code == CONNECT_TIMEOUT:
         return TransportError(f"{where}: connect timeout: {error.message}", code="connect_timeout")
@@ -29,6 +30,8 @@ def http_failure(where: str, error: ExchangeError, *, timeout_code: str = "timeo
         return TransportError(f"{where}: {timeout_code.replace('_', ' ')}: {error.message}", code=timeout_code)
     if error.code == TOO_LARGE:
         return TransportError(f"{where}: {error.message}", code="bad_response")
+    if error.code == PROXY:
+        return TransportError(f"{where}: {error.message}", code="proxy")
     return TransportError(f"{where}: connection failed: {error.message}", code="connection")
 
 

@@ -8,7 +8,9 @@ agent's memory; this module is what the agent needs and no more:
 * :class:`HttpTransport` sends one request over a kept-alive connection per origin
   (thread-safe; idle connections are dropped when the peer closed them or after
   ``idle_s``). A reused connection that fails before any answer is retried once on
-  a fresh one when the request is idempotent.
+  a fresh one when the request is idempotent. With :class:`~modelfleet.config.ProxySettings`
+  it goes through an HTTP proxy unless ``NO_PROXY`` names the host: ``https`` in a
+  CONNECT tunnel (TLS checks the origin's name), ``http`` as absolute-form requests.
 * :class:`HttpClient` resolves paths against a base URL, adds default headers and
   the credential (only for the server's origin), and follows redirects.
 * :class:`MockTransport` answers from a function, for tests and the simulator.
@@ -34,11 +36,14 @@ from types import TracebackType
 from typing import Protocol, Self
 from urllib.parse import urljoin, urlsplit
 
+from modelfleet.agent._proxy import ProxyRoutes, proxy_authorization
+from modelfleet.config import ProxyServer, ProxySettings
 from modelfleet.errors import TransportError
 
 __all__ = [
     "CONNECTION",
     "CONNECT_TIMEOUT",
+    "PROXY",
     "READ_TIMEOUT",
     "TOO_LARGE",
     "ClientTimeouts",
@@ -60,6 +65,8 @@ CONNECTION = "connection"
 """No connection (refused, unknown host, TLS handshake), or an exchange cut short or garbled."""
 TOO_LARGE = "too_large"
 """A body read whole was longer than the caller's bound."""
+PROXY = "proxy"
+"""The proxy refused the request: it answered a CONNECT with other than 200, or asked for credentials (407)."""
 
 
 class ExchangeError(TransportError):
@@ -74,8 +81,13 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
+_PROXY_AUTHENTICATION_REQUIRED = 407
+_TUNNEL_REFUSED = "Tunnel connection failed: "  # how http.client reports a CONNECT answered other than 200
+
 Origin = tuple[str, str, int]
 """(scheme, host, port) of a URL: where a connection goes, and whom a credential is for."""
+Route = tuple[Origin, ProxyServer | None]
+"""An origin and the proxy on the way, if any: connections are pooled per route, never mixed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,36 +267,48 @@ class HttpTransport(Transport):
         ssl_context: TLS settings; the system's default context is made on the first
             ``https`` connection when ``None`` (loading a CA store costs memory a
             plain-HTTP agent does not need).
+        proxies: the HTTP proxies and ``NO_PROXY`` list (none by default); read from the
+            environment by :func:`modelfleet.config.load_proxy_settings`, never here.
         max_idle_per_origin: idle connections kept per origin.
         idle_s: an idle connection older than this is closed, not reused (servers
             close theirs after about 5 s).
     """
 
     def __init__(
-        self, *, ssl_context: ssl.SSLContext | None = None, max_idle_per_origin: int = 4, idle_s: float = 4.0
+        self,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        proxies: ProxySettings | None = None,
+        max_idle_per_origin: int = 4,
+        idle_s: float = 4.0,
     ) -> None:
         self._ssl = ssl_context
+        self._routes = ProxyRoutes(proxies or ProxySettings())
         self._max_idle = max_idle_per_origin
         self._idle_s = idle_s
-        self._idle: dict[Origin, list[tuple[float, http.client.HTTPConnection]]] = {}
+        self._idle: dict[Route, list[tuple[float, http.client.HTTPConnection]]] = {}
         self._lock = threading.Lock()
 
     def send(self, request: Request) -> Response:
-        """Send ``request`` on a pooled or new connection."""
+        """Send ``request`` on a pooled or new connection, through the proxy its host needs."""
         origin = origin_of(request.url)
-        parts = urlsplit(request.url)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        route = (origin, self._routes.proxy_for(*origin))
+        target, headers = _wire_form(request, route)
         while True:
-            connection, reused = self._checkout(origin, request)
+            connection, reused = self._checkout(route, request)
             try:
-                raw = self._exchange(connection, request, target)
+                raw = self._exchange(connection, request, target, headers)
             except (OSError, http.client.HTTPException) as exc:
                 connection.close()
                 if reused and request.idempotent and not isinstance(exc, TimeoutError):
                     continue  # the peer closed a kept-alive connection as we reused it: try a fresh one
                 raise _exchange_failure(exc) from None
-            headers = {name.lower(): value for name, value in raw.getheaders()}
-            return Response(raw.status, headers, request.url, _Wire(raw, self._releaser(origin, connection)))
+            if route[1] is not None and origin[0] == "http" and raw.status == _PROXY_AUTHENTICATION_REQUIRED:
+                connection.close()  # the proxy's own answer: a tunnelled 407 would be the origin's
+                msg = f"proxy {route[1].url} refused the request to {_authority(origin)}: {raw.status} {raw.reason}"
+                raise ExchangeError(msg, code=PROXY)
+            received = {name.lower(): value for name, value in raw.getheaders()}
+            return Response(raw.status, received, request.url, _Wire(raw, self._releaser(route, connection)))
 
     def close(self) -> None:
         """Close every idle connection (connections lent out close when their responses do)."""
@@ -295,62 +319,108 @@ class HttpTransport(Transport):
                 connection.close()
 
     def _exchange(
-        self, connection: http.client.HTTPConnection, request: Request, target: str
+        self, connection: http.client.HTTPConnection, request: Request, target: str, headers: dict[str, str]
     ) -> http.client.HTTPResponse:
         if connection.sock is not None:
             connection.sock.settimeout(request.timeouts.read_s)
-        connection.request(request.method, target, body=request.body or None, headers=dict(request.headers))
+        connection.request(request.method, target, body=request.body or None, headers=headers)
         return connection.getresponse()
 
-    def _checkout(self, origin: Origin, request: Request) -> tuple[http.client.HTTPConnection, bool]:
-        """An idle live connection to ``origin``, else a new one; whether it was reused."""
+    def _checkout(self, route: Route, request: Request) -> tuple[http.client.HTTPConnection, bool]:
+        """An idle live connection on ``route``, else a new one; whether it was reused."""
         now = time.monotonic()
         while True:
             with self._lock:
-                pool = self._idle.get(origin)
+                pool = self._idle.get(route)
                 since, connection = pool.pop() if pool else (0.0, None)
             if connection is None:
-                return self._connect(origin, request), False
+                return self._connect(route, request), False
             if now - since <= self._idle_s and _still_open(connection):
                 return connection, True
             connection.close()
 
-    def _connect(self, origin: Origin, request: Request) -> http.client.HTTPConnection:
-        scheme, host, port = origin
+    def _connect(self, route: Route, request: Request) -> http.client.HTTPConnection:
+        (scheme, host, port), proxy = route
         bound = request.timeouts.connect_s
+        peer = (host, port) if proxy is None else (proxy.host, proxy.port)
         connection: http.client.HTTPConnection
         if scheme == "https":
             if self._ssl is None:
                 self._ssl = ssl.create_default_context()
-            connection = http.client.HTTPSConnection(host, port, timeout=bound, context=self._ssl)
+            connection = http.client.HTTPSConnection(*peer, timeout=bound, context=self._ssl)
+            if proxy is not None:  # TLS then checks the origin's name, not the proxy's
+                connection.set_tunnel(host, port, headers=_tunnel_headers(route))
         else:
-            connection = http.client.HTTPConnection(host, port, timeout=bound)
+            connection = http.client.HTTPConnection(*peer, timeout=bound)
         try:
             connection.connect()
-        except TimeoutError:
+        except (OSError, http.client.HTTPException) as exc:
             connection.close()
-            msg = f"no connection to {host}:{port} within {bound:g} s"
-            raise ExchangeError(msg, code=CONNECT_TIMEOUT) from None
-        except OSError as exc:
-            connection.close()
-            what = "TLS handshake with" if isinstance(exc, ssl.SSLError) else "cannot connect to"
-            msg = f"{what} {host}:{port}: {exc.strerror or exc}"
-            raise ExchangeError(msg, code=CONNECTION) from None
+            raise _connect_failure(exc, route, bound) from None
         return connection
 
-    def _releaser(self, origin: Origin, connection: http.client.HTTPConnection) -> Callable[[bool], None]:
+    def _releaser(self, route: Route, connection: http.client.HTTPConnection) -> Callable[[bool], None]:
         def release(reusable: bool) -> None:
             if not reusable or connection.sock is None:
                 connection.close()
                 return
             with self._lock:
-                pool = self._idle.setdefault(origin, [])
+                pool = self._idle.setdefault(route, [])
                 if len(pool) < self._max_idle:
                     pool.append((time.monotonic(), connection))
                     return
             connection.close()
 
         return release
+
+
+def _authority(origin: Origin) -> str:
+    """``host:port`` of an origin, an IPv6 address in brackets."""
+    _scheme, host, port = origin
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _wire_form(request: Request, route: Route) -> tuple[str, dict[str, str]]:
+    """The request target and headers as sent: absolute-form with ``Proxy-Authorization`` to a plain-HTTP proxy.
+
+    A tunnelled request is origin-form like a direct one; its proxy credentials go only in the CONNECT.
+    """
+    parts = urlsplit(request.url)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    headers = dict(request.headers)
+    (scheme, _host, _port), proxy = route
+    if proxy is None or scheme != "http":
+        return target, headers
+    authorization = proxy_authorization(proxy)
+    if authorization is not None:
+        headers["Proxy-Authorization"] = authorization
+    return f"http://{parts.netloc.rpartition('@')[2]}{target}", headers
+
+
+def _tunnel_headers(route: Route) -> dict[str, str]:
+    """The CONNECT's headers: ``Host`` and the proxy's credentials, never the origin's."""
+    origin, proxy = route
+    headers = {"Host": _authority(origin)}  # later Pythons add it unless given; 3.11 sends none
+    authorization = proxy_authorization(proxy) if proxy is not None else None
+    if authorization is not None:
+        headers["Proxy-Authorization"] = authorization
+    return headers
+
+
+def _connect_failure(error: BaseException, route: Route, bound: float) -> ExchangeError:
+    """Why a connection could not be opened, naming the origin and the proxy (never its credentials)."""
+    origin, proxy = route
+    where = _authority(origin) + (f" through proxy {proxy.url}" if proxy is not None else "")
+    if isinstance(error, TimeoutError):
+        return ExchangeError(f"no connection to {where} within {bound:g} s", code=CONNECT_TIMEOUT)
+    text = str(error)
+    if proxy is not None and text.startswith(_TUNNEL_REFUSED):
+        status = text.removeprefix(_TUNNEL_REFUSED)
+        return ExchangeError(f"proxy {proxy.url} refused the tunnel to {_authority(origin)}: {status}", code=PROXY)
+    if isinstance(error, ssl.SSLError):
+        return ExchangeError(f"TLS handshake with {where}: {error.strerror or error}", code=CONNECTION)
+    reason = (error.strerror if isinstance(error, OSError) else None) or text or type(error).__name__
+    return ExchangeError(f"cannot connect to {where}: {reason}", code=CONNECTION)
 
 
 def _still_open(connection: http.client.HTTPConnection) -> bool:

@@ -1,8 +1,9 @@
 """``modelfleet agent``: run the device agent, and show what it runs.
 
 The first ``agent run`` saves the server, the trusted bundle keys (``--trust``,
-``--threshold``), the tags, the enrollment token and the MQTT broker for wake-ups
-(``--mqtt``, optional) into ``DATA/agent.json``;
+``--threshold``), the tags, the enrollment token, the MQTT broker for wake-ups
+(``--mqtt``, optional) and an HTTP proxy (``--proxy``, optional; else the agent
+uses ``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``NO_PROXY``) into ``DATA/agent.json``;
 later runs read them from there. Trust anchors never change silently: a
 different ``--trust`` set for an existing data directory is refused.
 """
@@ -20,6 +21,7 @@ from modelfleet.agent import AgentConfig, DeviceIdentity, agent_status
 from modelfleet.agent._entry import command_line
 from modelfleet.bundle import PublicKey
 from modelfleet.cli._console import out
+from modelfleet.config import ProxyServer
 from modelfleet.errors import ConfigError
 
 __all__ = ["agent_app"]
@@ -47,8 +49,11 @@ def _config(
     trust: list[Path],
     threshold: int | None,
     mqtt: str | None = None,
+    proxy: str | None = None,
 ) -> AgentConfig:
     """The saved configuration, updated by the options given; created on the first run."""
+    if proxy:
+        ProxyServer.from_url(proxy, source="--proxy")  # refuse a bad proxy URL before saving it
     saved = AgentConfig.load(data_dir)
     pems = tuple(PublicKey.from_file(path).to_pem().decode() for path in trust)
     if saved is None:
@@ -67,6 +72,7 @@ def _config(
             tags=_tags(tags),
             enroll_token=token,
             mqtt_url=mqtt or None,
+            proxy_url=proxy or None,
         )
         config.trusted()  # refuse a threshold above the keys before saving
         config.save(data_dir)
@@ -77,14 +83,16 @@ def _config(
     if identity is not None and identity != saved.device_id:
         msg = f"{data_dir} belongs to device {saved.device_id!r}, not {identity!r}"
         raise ConfigError(msg, code="identity_mismatch")
-    changes = _changes(server, token, tags, mqtt)
+    changes = _changes(server, token, tags, mqtt, proxy)
     if changes:
         saved = AgentConfig.model_validate({**saved.model_dump(), **changes})
         saved.save(data_dir)
     return saved
 
 
-def _changes(server: str | None, token: str | None, tags: list[str], mqtt: str | None) -> dict[str, object]:
+def _changes(
+    server: str | None, token: str | None, tags: list[str], mqtt: str | None, proxy: str | None
+) -> dict[str, object]:
     """The saved settings the options given replace."""
     changes: dict[str, object] = {}
     if server is not None:
@@ -95,6 +103,8 @@ def _changes(server: str | None, token: str | None, tags: list[str], mqtt: str |
         changes["tags"] = _tags(tags)
     if mqtt is not None:
         changes["mqtt_url"] = mqtt or None  # --mqtt "" turns wake-ups off
+    if proxy is not None:
+        changes["proxy_url"] = proxy or None  # --proxy "" goes back to the environment's proxies
     return changes
 
 
@@ -110,13 +120,19 @@ def run(
     mqtt: str | None = typer.Option(
         None, "--mqtt", help="MQTT broker for wake-ups, e.g. mqtt://127.0.0.1:1883 (saved; '' turns it off)."
     ),
+    proxy: str | None = typer.Option(
+        None,
+        "--proxy",
+        help="HTTP proxy for every request, http://[user:password@]host[:port] (saved; '' removes it). "
+        "Without it HTTPS_PROXY / HTTP_PROXY apply; NO_PROXY applies either way.",
+    ),
     once: bool = typer.Option(False, "--once", help="Run one step and exit (0 when it succeeded)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every step."),
 ) -> None:
     """Enroll, check in, install what the server assigns and forward telemetry, until stopped."""
     data_dir = data_dir.absolute()
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    _config(data_dir, server, enroll_token, identity, tag, trust, threshold, mqtt)
+    _config(data_dir, server, enroll_token, identity, tag, trust, threshold, mqtt, proxy)
     # The loop runs in this process without the command line: see modelfleet.agent._entry.
     sys.stdout.flush()
     sys.stderr.flush()

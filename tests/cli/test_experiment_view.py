@@ -37,6 +37,31 @@ def test_a_shadow_status_shows_agreement_latencies_and_the_discordant_counts():
     assert "candidate 0.479 ms" in text
 
 
+LATENCY_GUARD = {
+    "variant": "2.0.0", "metric": "latency_ms", "primary": False, "devices": 40, "estimate": 0.084,
+    "lower": 0.05, "upper": 0.11, "relative": 0.21, "adjusted_p_value": 0.001, "better": True, "worse": False,
+    "margin": 0.25,
+}  # fmt: skip
+
+
+def test_a_shadow_status_shows_the_latency_guards_margin_and_reads_its_better_side_as_within_it():
+    experiment = {**SHADOW, "analysis": {**SHADOW["analysis"], "lifts": [LATENCY_GUARD]}}
+    experiment["analysis"]["shadow"] = {**SHADOW["analysis"]["shadow"], "latency_margin": 0.25}
+    text = render(experiment)
+    assert "latency_ms (margin +25%)" in text
+    assert "within margin" in text
+    assert "better" not in text
+    assert "candidate 0.479 ms (the guard lets the candidate measure up to 25% slower)" in text
+
+
+def test_an_analysis_stored_before_guards_had_margins_still_shows():
+    old = {key: value for key, value in LATENCY_GUARD.items() if key != "margin"}
+    text = render({**SHADOW, "analysis": {**SHADOW["analysis"], "lifts": [old]}})
+    assert "latency_ms " in text
+    assert "better" in text
+    assert "margin" not in text
+
+
 def test_a_time_slice_status_shows_its_schedule():
     experiment = {**SHADOW, "kind": "time_slice", "analysis": {"reason": "", "devices": [4], "lifts": []}}
     experiment["analysis"]["time_slice"] = {"slot_seconds": 300, "slots_per_device": 4}

@@ -1,8 +1,11 @@
 """A/B experiments on a real database: sticky variants, a winner shipped by a rollout, SRM stops, conflicts."""
 
+import uuid
 from datetime import UTC, datetime
 
+import numpy as np
 import pytest
+from sqlalchemy import insert
 
 from modelfleet.errors import ConflictError
 from modelfleet.rollout import (
@@ -20,7 +23,8 @@ from modelfleet.rollout import (
     stop_experiment,
 )
 from modelfleet.rollout._experiment_paired import _slice_devices as slice_devices
-from modelfleet.store import DeviceWindow, find_experiment, find_rollout, list_audit
+from modelfleet.rollout._experiment_run import current_document
+from modelfleet.store import DeviceWindow, SummaryRow, find_experiment, find_rollout, list_audit
 
 SPEC = {
     "model": "digits",
@@ -206,3 +210,96 @@ def window(device_id, version, at, *, correct):
         device_id=device_id, version=version, window_start=at, window_seconds=60, n=100, errors=0, fallbacks=0,
         timeouts=0, n_labelled=100, n_correct=correct, n_scored=100, confidence_sum=80.0, latency_sum_ms=100.0,
     )  # fmt: skip
+
+
+SHADOW = {**SPEC, "kind": "shadow", "metrics": [{"metric": "accuracy"}]}
+
+
+def test_a_shadow_spec_without_a_latency_margin_gets_the_default_and_carries_it_when_stored():
+    spec = ExperimentSpec.model_validate(SHADOW)
+    assert spec.latency_margin == 0.25
+    assert spec.canonical()["latency_margin"] == 0.25
+    stored_before = {key: value for key, value in spec.canonical().items() if key != "latency_margin"}
+    assert ExperimentSpec.model_validate(stored_before).latency_margin == 0.25
+    assert ExperimentSpec.model_validate({**SHADOW, "latency_margin": 0.5}).shadow_latency_margin == 0.5
+    ab = ExperimentSpec.model_validate(SPEC)
+    assert ab.latency_margin is None
+    assert ExperimentSpec.model_validate(ab.canonical()) == ab
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"latency_margin": -0.1}, "latency_margin"),
+        ({"latency_margin": 11}, "latency_margin"),
+        ({"kind": "ab", "latency_margin": 0.25}, "only a shadow"),
+        ({"kind": "time_slice", "latency_margin": 0.25}, "only a shadow"),
+    ],
+)
+def test_a_latency_margin_out_of_bounds_or_on_another_kind_is_refused(change, field):
+    with pytest.raises(ValueError, match=field):
+        ExperimentSpec.model_validate({**SHADOW, **change})
+
+
+def report_shadow(fleet, *, slowdown, windows=2, untimed=()):
+    """Every device runs 1.0.0 and shadows 2.0.0 for ``windows`` windows; the candidate is more accurate and
+    measures ``slowdown`` slower (geometric mean over devices); the devices in ``untimed`` report no latency."""
+    rng = np.random.default_rng(11)
+    level = dict(zip(fleet.ids, 2.0 * np.exp(0.5 * rng.standard_normal(len(fleet.ids))), strict=True))
+    n = 100
+    for _ in range(windows):
+        start, rows = fleet.clock.now(), []
+        for device_id in fleet.ids:
+            active_ms = 0.0 if device_id in untimed else level[device_id] * np.exp(0.05 * rng.standard_normal())
+            candidate_ms = level[device_id] * (1 + slowdown) * np.exp(0.1 * rng.standard_normal())
+            flips = int(rng.binomial(n, 0.1))
+            only_candidate = int(rng.binomial(flips, 0.7))
+            only_active = flips - only_candidate
+            shadow = {
+                "active_version": "1.0.0", "n_compared": n, "n_agree": n - flips, "active_confidence_sum": 80.0,
+                "n_labelled": n, "active_correct": 80, "candidate_correct": 80 - only_active + only_candidate,
+                "only_active_correct": only_active, "only_candidate_correct": only_candidate,
+            }  # fmt: skip
+            for version, role, latency, body in (
+                ("1.0.0", "active", active_ms, {}),
+                ("2.0.0", "shadow", candidate_ms, {"shadow": shadow}),
+            ):
+                rows.append({
+                    "id": uuid.uuid4().hex, "device_id": device_id, "model": "digits", "version": version,
+                    "role": role, "cohort": None, "window_start": start, "window_seconds": 300, "n": n, "errors": 0,
+                    "fallbacks": 0, "timeouts": 0, "n_labelled": 0, "n_correct": 0, "n_scored": n,
+                    "confidence_sum": 80.0, "confidence_sum_sq": 64.0, "latency_sum_ms": latency * n, "body": body,
+                    "received_at": start,
+                })  # fmt: skip
+        with fleet.engine.begin() as connection:
+            connection.execute(insert(SummaryRow), rows)
+        fleet.clock.advance(300)
+
+
+@pytest.mark.parametrize(("slowdown", "verdict", "worse"), [(0.15, "winner", False), (1.0, "loser", True)])
+def test_a_shadow_candidate_measured_15_percent_slower_wins_and_one_twice_as_slow_loses(
+    sim_fleet, slowdown, verdict, worse
+):
+    fleet = sim_fleet()
+    experiment_id, _ = start(fleet, SHADOW)
+    report_shadow(fleet, slowdown=slowdown)
+    with fleet.sessions() as session:
+        document = current_document(session, find_experiment(session, experiment_id))
+    assert document["verdict"] == verdict
+    (latency,) = [lift for lift in document["lifts"] if lift["metric"] == "latency_ms"]
+    assert (latency["margin"], latency["worse"]) == (0.25, worse)
+    assert latency["relative"] == pytest.approx(slowdown, abs=0.05)
+    assert document["shadow"]["latency_margin"] == 0.25
+
+
+def test_the_spec_sets_the_shadow_latency_margin_and_untimed_devices_are_left_out(sim_fleet):
+    fleet = sim_fleet()
+    experiment_id, _ = start(fleet, {**SHADOW, "latency_margin": 0.05})
+    with fleet.sessions() as session:
+        assert find_experiment(session, experiment_id).spec["latency_margin"] == 0.05
+    report_shadow(fleet, slowdown=0.15, untimed={fleet.ids[0]})
+    with fleet.sessions() as session:
+        document = current_document(session, find_experiment(session, experiment_id))
+    assert document["verdict"] == "loser", "15 % slower is beyond a 5 % margin"
+    assert document["shadow"]["latency_margin"] == 0.05
+    assert document["devices"] == [len(fleet.ids) - 1]

@@ -44,6 +44,14 @@ def load_experiment(path: Path) -> ExperimentSpec:
         raise BadDataError(msg, code="bad_experiment_spec") from exc
 
 
+def _lift_cells(lift: dict[str, Any]) -> tuple[str, str]:
+    """A lift's metric label and verdict; a guard with a margin names it (analyses stored before had none)."""
+    margin = lift.get("margin") or 0.0
+    label = lift["metric"] + (" (primary)" if lift["primary"] else "") + (f" (margin {margin:+.0%})" if margin else "")
+    better = "within margin" if margin else "better"
+    return label, better if lift["better"] else "worse" if lift["worse"] else "-"
+
+
 def status_view(experiment: dict[str, Any]) -> Group:
     """Per variant: devices, lift and interval per metric, always-valid p-values, the verdict; a shadow's agreement."""
     analysis = experiment.get("analysis") or {}
@@ -55,10 +63,10 @@ def status_view(experiment: dict[str, Any]) -> Group:
     for column in ("variant", "metric", "devices", "lift", "interval", "relative", "p (adjusted)", "verdict"):
         table.add_column(column)
     for lift in analysis.get("lifts") or []:
-        verdict = "better" if lift["better"] else "worse" if lift["worse"] else "-"
+        label, verdict = _lift_cells(lift)
         table.add_row(
-            lift["variant"], lift["metric"] + (" (primary)" if lift["primary"] else ""), str(lift["devices"]),
-            _fmt(lift["estimate"]), f"[{_fmt(lift['lower'])}, {_fmt(lift['upper'])}]", _fmt(lift["relative"], 3),
+            lift["variant"], label, str(lift["devices"]), _fmt(lift["estimate"]),
+            f"[{_fmt(lift['lower'])}, {_fmt(lift['upper'])}]", _fmt(lift["relative"], 3),
             _fmt(lift["adjusted_p_value"], 2), verdict,
         )  # fmt: skip
     devices = analysis.get("devices") or []
@@ -66,12 +74,14 @@ def status_view(experiment: dict[str, Any]) -> Group:
     shadow = analysis.get("shadow")
     if shadow:
         agreement, confidence = shadow["agreement"], shadow["confidence_difference"]
+        margin = shadow.get("latency_margin")
+        guard = "" if margin is None else f" (the guard lets the candidate measure up to {margin:.0%} slower)"
         lines.append(
             Text(
                 f"agreement {_fmt(agreement['estimate'])} [{_fmt(agreement['lower'])}, {_fmt(agreement['upper'])}]"
                 f" over {agreement['devices']} devices; confidence difference {_fmt(confidence['estimate'])}"
                 f" [{_fmt(confidence['lower'])}, {_fmt(confidence['upper'])}]; latency active"
-                f" {_fmt(shadow['active_latency_ms'])} ms, candidate {_fmt(shadow['candidate_latency_ms'])} ms;"
+                f" {_fmt(shadow['active_latency_ms'])} ms, candidate {_fmt(shadow['candidate_latency_ms'])} ms{guard};"
                 f" only active right {shadow['discordant']['only_active_correct']},"
                 f" only candidate right {shadow['discordant']['only_candidate_correct']}"
             )

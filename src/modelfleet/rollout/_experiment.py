@@ -36,6 +36,7 @@ from modelfleet.rollout._cohort import BUCKETS, is_lab
 from modelfleet.rollout._evaluate import metric_value
 from modelfleet.rollout._spec import METRICS, Duration, Metric, _Spec
 from modelfleet.stats import (
+    DEFAULT_SHADOW_LATENCY_MARGIN,
     Direction,
     ExperimentAnalysis,
     ExperimentMetric,
@@ -64,6 +65,7 @@ __all__ = [
 ExperimentKind = Literal["ab", "shadow", "time_slice"]
 STARTABLE_KINDS = frozenset({"ab", "shadow", "time_slice"})
 _SCHEDULE_BLOCK = 4  # ABBA: one block of the two-version time-slice schedule
+_MAX_LATENCY_MARGIN = 10.0  # a shadow candidate up to 11x slower: beyond that no guard is left
 
 
 class Variant(_Spec):
@@ -115,6 +117,23 @@ class ExperimentSpec(_Spec):
     auto_promote: dict[str, Any] | None = Field(
         default=None, description="stages, gates, holdout... of the staged rollout that ships a winner"
     )
+    latency_margin: float | None = Field(
+        default=None,
+        ge=0,
+        le=_MAX_LATENCY_MARGIN,
+        allow_inf_nan=False,
+        description="shadow only: how much slower (a share, 0.25 = 25 %) the candidate may measure than the "
+        "active model before the latency guard fails; the candidate is scored after the active model in a "
+        f"background thread, so it measures slower than it is. Default {DEFAULT_SHADOW_LATENCY_MARGIN:g}",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shadow_margin(cls, data: Any) -> Any:  # noqa: ANN401 - the raw spec
+        """A shadow spec without a latency margin gets the default, so the stored spec carries the number."""
+        if isinstance(data, Mapping) and data.get("kind") == "shadow" and data.get("latency_margin") is None:
+            return {**data, "latency_margin": DEFAULT_SHADOW_LATENCY_MARGIN}
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentSpec:
@@ -129,6 +148,9 @@ class ExperimentSpec(_Spec):
         if self.kind != "ab" and len(self.variants) != 2:  # noqa: PLR2004 - control and one candidate
             msg = f"variants: a {self.kind} experiment compares exactly two versions (active, candidate)"
             raise ValueError(msg)
+        if self.kind != "shadow" and self.latency_margin is not None:
+            msg = "latency_margin: only a shadow experiment has one (its candidate is timed off the caller's path)"
+            raise ValueError(msg)
         return self
 
     def canonical(self) -> dict[str, Any]:
@@ -139,6 +161,11 @@ class ExperimentSpec(_Spec):
     def shares(self) -> tuple[float, ...]:
         """Each arm's share as a fraction, control first."""
         return tuple(v.share / 100 for v in self.variants)
+
+    @property
+    def shadow_latency_margin(self) -> float:
+        """The shadow latency guard's margin (a share of the active model's latency)."""
+        return DEFAULT_SHADOW_LATENCY_MARGIN if self.latency_margin is None else self.latency_margin
 
     def stats_metrics(self) -> list[ExperimentMetric]:
         """The metrics as ``modelfleet.stats`` takes them, primary first."""

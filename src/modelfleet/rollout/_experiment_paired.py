@@ -75,8 +75,10 @@ class ShadowDevice:
 
     @property
     def usable(self) -> bool:
-        """Both models answered and were timed."""
-        return self.n_compared > 0 and self.candidate_scored > 0 and self.active_n > 0 and self.candidate_n > 0
+        """Both models answered and were timed (the latency guard compares the two times' ratio)."""
+        answered = self.n_compared > 0 and self.candidate_scored > 0
+        timed = self.active_n > 0 and self.candidate_n > 0
+        return answered and timed and self.active_latency_sum_ms > 0 and self.candidate_latency_sum_ms > 0
 
 
 def shadow_devices(session: Session, spec: ExperimentSpec, since: datetime) -> list[ShadowDevice]:
@@ -123,7 +125,10 @@ def _add_active_latency(
 
 
 def shadow_analysis(devices: Sequence[ShadowDevice], spec: ExperimentSpec, *, planned_devices: int) -> ShadowAnalysis:
-    """The shadow analysis of devices in completion order (labelled correctness when any device has labels)."""
+    """The shadow analysis of devices in completion order (labelled correctness when any device has labels).
+
+    The latency guard uses the spec's ``latency_margin`` (ADR 0007, "Shadow latency guard margin").
+    """
     compared = np.array([d.n_compared for d in devices], dtype=np.int64)
     labelled = sum(d.labels["n_labelled"] for d in devices) > 0
     labels = (
@@ -143,6 +148,7 @@ def shadow_analysis(devices: Sequence[ShadowDevice], spec: ExperimentSpec, *, pl
         alpha=spec.alpha,
         correction=spec.correction,
         candidate=spec.variants[1].version,
+        latency_margin=spec.shadow_latency_margin,
     )
 
 

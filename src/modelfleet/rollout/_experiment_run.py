@@ -86,12 +86,13 @@ def _interval_json(interval: DeviceInterval) -> dict[str, Any]:
 
 
 def _shadow_json(shadow: ShadowAnalysis) -> dict[str, Any]:
-    """What a shadow adds to its verdict: agreement, confidence difference, both latencies, McNemar's (b, c)."""
+    """What a shadow adds to its verdict: agreement, confidence difference, latencies and the guard's margin, (b, c)."""
     return {
         "agreement": _interval_json(shadow.agreement),
         "confidence_difference": _interval_json(shadow.confidence_difference),
         "active_latency_ms": _jsonable(shadow.active_latency_ms),
         "candidate_latency_ms": _jsonable(shadow.candidate_latency_ms),
+        "latency_margin": shadow.latency_margin,
         "discordant": {"only_active_correct": shadow.discordant[0], "only_candidate_correct": shadow.discordant[1]},
     }
 

@@ -107,6 +107,7 @@ from modelfleet.stats._sequential import (
     difference_stream,
 )
 from modelfleet.stats._shadow import (
+    DEFAULT_SHADOW_LATENCY_MARGIN,
     SHADOW_ACCURACY,
     SHADOW_LATENCY,
     DeviceInterval,
@@ -131,6 +132,7 @@ from modelfleet.stats._time_slice import Trend, analyze_time_slice, time_slice_s
 __all__ = [
     "CONTINUE",
     "DEFAULT_MIN_DEVICES_PER_ARM",
+    "DEFAULT_SHADOW_LATENCY_MARGIN",
     "DEFAULT_SMOOTHING",
     "INCONCLUSIVE",
     "LOSER",

@@ -15,7 +15,14 @@ devices (never on pooled inferences). Its evidence is always valid
   so under Holm a comparison whose interval excludes 0 is significant;
 - **relative lift** is the difference divided by the control's mean device
   value at this look; its bounds are the difference's bounds over that mean, a
-  first-order reading that ignores the control mean's own (smaller) error.
+  first-order reading that ignores the control mean's own (smaller) error;
+- a **ratio guard** (the shadow latency guard) is tested on per-device log
+  ratios against a relative non-inferiority margin m: its stream is
+  log(variant/control) − log(1 + m), so its p-value tests "exactly m slower",
+  *worse* means significantly more than m slower and *better* means
+  significantly less (non-inferiority within the margin shown). Its relative
+  lift and bounds are the geometric-mean ratio − 1 with the stream's bounds
+  mapped exactly; the difference is that ratio read at the control's mean.
 
 Verdict of a variant, with the direction of each significant comparison taken
 from the side whose evidence crossed:
@@ -108,15 +115,20 @@ class Lift:
         lower: lower bound of Δ (confidence sequence at the Bonferroni level, see the module docstring).
         upper: upper bound of Δ.
         control_mean: the control's mean device value.
-        relative: Δ / control mean (NaN when the control mean is not positive).
-        relative_lower: lower / control mean.
-        relative_upper: upper / control mean.
-        p_value: always-valid two-sided p-value for Δ = 0 (min over looks).
+        relative: Δ / control mean (NaN when the control mean is not positive); for a ratio guard the
+            geometric mean of the per-device ratios variant/control, − 1.
+        relative_lower: lower / control mean (a ratio guard: the ratio's lower bound − 1).
+        relative_upper: upper / control mean (a ratio guard: the ratio's upper bound − 1).
+        p_value: always-valid two-sided p-value for Δ = 0, or for a ratio guard for "exactly ``margin``
+            worse" (min over looks).
         adjusted_p_value: after Holm or BH across metrics × variants.
         significant: ``adjusted_p_value ≤ alpha``.
-        better: significant, and the evidence says the variant is better.
-        worse: significant, and the evidence says the variant is worse.
+        better: significant, and the evidence says the variant is better (a ratio guard with a margin:
+            less than ``margin`` worse).
+        worse: significant, and the evidence says the variant is worse (a ratio guard: more than
+            ``margin`` worse).
         devices: devices in the comparison (variant + control, or paired devices).
+        margin: a ratio guard's relative non-inferiority margin (0.25: up to 25 % worse passes); 0 otherwise.
     """
 
     variant: str
@@ -136,6 +148,7 @@ class Lift:
     better: bool
     worse: bool
     devices: int
+    margin: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,13 +252,18 @@ def experiment_codes(variant_codes: IntArray) -> IntArray:
 
 @dataclass(frozen=True, slots=True)
 class Comparison:
-    """One (variant, metric) comparison's path at its latest look, before the family correction."""
+    """One (variant, metric) comparison's path at its latest look, before the family correction.
+
+    ``ratio_margin`` marks a ratio guard: ``path`` is then the stream of per-device
+    log(variant/control) − log(1 + ratio_margin) (see the module docstring).
+    """
 
     variant: str
     metric: ExperimentMetric
     primary: bool
     path: StreamPath
     devices: int
+    ratio_margin: float | None = None
 
 
 def _last(array: FloatArray) -> float:
@@ -258,6 +276,23 @@ def _relative(value: float, control_mean: float) -> float:
     return value / control_mean if control_mean > 0 and math.isfinite(control_mean) else math.nan
 
 
+def _readings(c: Comparison) -> tuple[float, float, float, float, float, float, float]:
+    """Return (estimate, lower, upper, control mean, relative, relative lower, relative upper) at the last look."""
+    control = _last(c.path.control_mean)
+    if not c.path.estimate.size:
+        return math.nan, -math.inf, math.inf, control, math.nan, math.nan, math.nan
+    estimate, lower, upper = _last(c.path.estimate), _last(c.path.lower), _last(c.path.upper)
+    if c.ratio_margin is None:
+        relative = [_relative(value, control) for value in (estimate, lower, upper)]
+        return estimate, lower, upper, control, relative[0], relative[1], relative[2]
+    shift = math.log1p(c.ratio_margin)
+    # An infinite bound (before the burn-in) stays infinite on both scales.
+    ratio = [math.expm1(v + shift) if math.isfinite(v) else v for v in (estimate, lower, upper)]
+    scale = control if control > 0 and math.isfinite(control) else math.nan
+    absolute = [r * scale if math.isfinite(r) else r for r in ratio]
+    return absolute[0], absolute[1], absolute[2], control, ratio[0], ratio[1], ratio[2]
+
+
 def build_lifts(comparisons: Sequence[Comparison], alpha: float, correction: Correction) -> tuple[Lift, ...]:
     """Apply the family correction to the comparisons' latest p-values and return their lifts."""
     raw = np.array([_last(c.path.p_value()) if c.path.estimate.size else 1.0 for c in comparisons])
@@ -266,8 +301,7 @@ def build_lifts(comparisons: Sequence[Comparison], alpha: float, correction: Cor
     for c, p, q in zip(comparisons, raw, adjusted, strict=True):
         sign = _last(c.path.sign()) * c.metric.sign() if c.path.estimate.size else 0.0
         significant = bool(q <= alpha)
-        lower, upper, control = _last(c.path.lower), _last(c.path.upper), _last(c.path.control_mean)
-        estimate = _last(c.path.estimate)
+        estimate, lower, upper, control, relative, relative_lower, relative_upper = _readings(c)
         lifts.append(
             Lift(
                 variant=c.variant,
@@ -275,18 +309,19 @@ def build_lifts(comparisons: Sequence[Comparison], alpha: float, correction: Cor
                 direction=c.metric.direction,
                 primary=c.primary,
                 estimate=estimate,
-                lower=lower if c.path.estimate.size else -math.inf,
-                upper=upper if c.path.estimate.size else math.inf,
+                lower=lower,
+                upper=upper,
                 control_mean=control,
-                relative=_relative(estimate, control),
-                relative_lower=_relative(lower, control),
-                relative_upper=_relative(upper, control),
+                relative=relative,
+                relative_lower=relative_lower,
+                relative_upper=relative_upper,
                 p_value=float(np.nan_to_num(p, nan=1.0)),
                 adjusted_p_value=float(q),
                 significant=significant,
                 better=significant and sign > 0,
                 worse=significant and sign < 0,
                 devices=c.devices,
+                margin=c.ratio_margin or 0.0,
             )
         )
     return tuple(lifts)
@@ -295,8 +330,9 @@ def build_lifts(comparisons: Sequence[Comparison], alpha: float, correction: Cor
 def _describe(lift: Lift) -> str:
     """Return one comparison's numbers in words."""
     relative = "" if math.isnan(lift.relative) else f" ({lift.relative:+.2%})"
+    margin = f", margin {lift.margin:+.0%}" if lift.margin > 0 else ""
     return (
-        f"{lift.metric} {lift.estimate:+.4g}{relative}, interval [{lift.lower:.4g}, {lift.upper:.4g}], "
+        f"{lift.metric} {lift.estimate:+.4g}{relative}, interval [{lift.lower:.4g}, {lift.upper:.4g}]{margin}, "
         f"adjusted always-valid p = {lift.adjusted_p_value:.3g}"
     )
 

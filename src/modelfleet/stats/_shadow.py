@@ -22,6 +22,27 @@ price is the sequential boundary (the plan counts 1.6–1.9× the devices of one
 planned look, see ADR 0007), small next to what pairing saves against A/B.
 The pooled discordant counts (b, c) are returned for reference only.
 
+**The latency guard has a relative margin.** The agent scores the candidate
+after the active model, in a background thread, with colder caches: on the
+same device and inputs a candidate of the active model's own size measures
+10–25 % slower. A guard at zero margin calls such a candidate a loser once
+enough devices report. The guard therefore tests each device's log latency
+ratio against a non-inferiority margin m (``latency_margin``, default 25 %):
+
+    rᵢ = log(candidate_msᵢ / active_msᵢ) − log(1 + m),
+
+run through the same paired stream, so the candidate is **worse** only when
+its geometric-mean slowdown is shown to exceed 1 + m (at exactly 1 + m the
+guard fails, at any look, with probability ≤ α/2 asymptotically; below it less
+often), and its **better** side says "less than m slower" (non-inferiority
+shown), not faster. Ratios rather than differences: the scoring bias is
+multiplicative, a ratio weighs a Pi's slowdown like a Jetson's (the device is
+the unit), and logs tame the heavy tails that scheduling hiccups give device
+latencies. The candidate's signed latency budget is not a second bound here:
+the device's health check already holds the candidate to it, in the
+foreground, before it shadows (docs/adr/0007-experiment-analysis.md, "Shadow
+latency guard margin").
+
 Agreement and the confidence difference are descriptive (a candidate that is
 less confident may be better calibrated): they get confidence sequences at
 level α but take no part in the verdict. Without labels a shadow cannot name a
@@ -49,12 +70,23 @@ from modelfleet.stats._experiments import (
     summarize,
 )
 from modelfleet.stats._sequential import DEFAULT_MIN_DEVICES_PER_ARM
-from modelfleet.stats._streams import paired_path
+from modelfleet.stats._streams import StreamPath, paired_path
 
-__all__ = ["SHADOW_ACCURACY", "SHADOW_LATENCY", "DeviceInterval", "ShadowAnalysis", "ShadowLabels", "analyze_shadow"]
+__all__ = [
+    "DEFAULT_SHADOW_LATENCY_MARGIN",
+    "SHADOW_ACCURACY",
+    "SHADOW_LATENCY",
+    "DeviceInterval",
+    "ShadowAnalysis",
+    "ShadowLabels",
+    "analyze_shadow",
+]
 
 SHADOW_ACCURACY = ExperimentMetric("accuracy", "higher_is_better")
 SHADOW_LATENCY = ExperimentMetric("latency_ms", "lower_is_better")
+
+DEFAULT_SHADOW_LATENCY_MARGIN = 0.25
+"""How much slower (a share) the shadow candidate may measure than the active model before the guard fails."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +133,8 @@ class ShadowAnalysis:
         confidence_difference: device-mean (candidate − active) top-1 confidence.
         active_latency_ms: device-mean latency of the active model.
         candidate_latency_ms: device-mean latency of the candidate.
+        latency_margin: the latency guard's margin: the candidate fails it only when shown more than this
+            share slower (geometric mean of the per-device ratios).
         discordant: pooled (only active right, only candidate right) counts, McNemar's (b, c), for reference.
     """
 
@@ -109,6 +143,7 @@ class ShadowAnalysis:
     confidence_difference: DeviceInterval
     active_latency_ms: float
     candidate_latency_ms: float
+    latency_margin: float
     discordant: tuple[int, int]
 
 
@@ -127,6 +162,47 @@ def _one_per_device(name: str, values: ArrayLike, n: int) -> FloatArray:
         msg = f"{name} has shape {y.shape}, expected one value per device ({n},)"
         raise ValueError(msg)
     return y
+
+
+def check_latency_margin(margin: float) -> float:
+    """Return a finite, non-negative relative margin."""
+    if not 0.0 <= margin < math.inf:
+        msg = f"latency_margin must be finite and non-negative, got {margin!r}"
+        raise ValueError(msg)
+    return float(margin)
+
+
+def latency_guard_path(
+    active_ms: ArrayLike,
+    candidate_ms: ArrayLike,
+    *,
+    margin: float,
+    planned_devices: int,
+    alpha_side: float,
+    min_devices: int,
+) -> StreamPath:
+    """Return the latency guard's path: per-device log(candidate/active) − log(1 + margin), vectorized over runs.
+
+    Args:
+        active_ms: the active model's mean latency per device, positive, ``[..., n]`` in completion order.
+        candidate_ms: the candidate's on the same devices, same shape.
+        margin: the relative non-inferiority margin (0.25: up to 25 % slower is within it).
+        planned_devices: devices the shadow plans; the boundary is tightest there.
+        alpha_side: crossing probability of each bound.
+        min_devices: devices needed before the bounds are finite.
+    """
+    active, candidate = as_values(active_ms, "active_latency_ms"), as_values(candidate_ms, "candidate_latency_ms")
+    if np.any(active <= 0) or np.any(candidate <= 0):
+        msg = "latencies must be positive: the latency guard compares their ratios"
+        raise ValueError(msg)
+    shift = math.log1p(check_latency_margin(margin))
+    return paired_path(
+        np.log(candidate) - np.log(active) - shift,
+        active,
+        planned_devices=planned_devices,
+        alpha_side=alpha_side,
+        min_devices=min_devices,
+    )
 
 
 def _accuracy(labels: ShadowLabels, keep: np.ndarray, n: int) -> tuple[FloatArray, FloatArray, tuple[int, int]]:
@@ -162,6 +238,7 @@ def analyze_shadow(
     correction: Correction = "holm",
     candidate: str = "candidate",
     min_devices: int = DEFAULT_MIN_DEVICES_PER_ARM,
+    latency_margin: float = DEFAULT_SHADOW_LATENCY_MARGIN,
 ) -> ShadowAnalysis:
     """Analyse a shadow deployment from per-device aggregates, in the order devices completed their window.
 
@@ -170,14 +247,16 @@ def analyze_shadow(
         n_agree: of those, the ones with the same top-1 answer.
         active_confidence: the active model's mean top-1 confidence per device.
         candidate_confidence: the candidate's mean top-1 confidence per device.
-        active_latency_ms: the active model's mean latency per device.
-        candidate_latency_ms: the candidate's mean latency per device.
+        active_latency_ms: the active model's mean latency per device (positive).
+        candidate_latency_ms: the candidate's mean latency per device (positive).
         planned_devices: devices the shadow plans (from :func:`plan_experiment`).
         labels: labelled correctness per device, if there are labels.
         alpha: family-wise error (Holm) or FDR (BH) of the verdict; level of the descriptive intervals.
         correction: ``"holm"`` or ``"bh"``.
         candidate: the candidate's name in the result.
         min_devices: devices needed before an interval is finite.
+        latency_margin: the latency guard's relative margin: the candidate is a loser on latency only when
+            shown more than this share slower than the active model (see the module docstring).
 
     Devices without a compared inference are left out.
     """
@@ -188,6 +267,7 @@ def analyze_shadow(
         msg = "n_compared must be 1-D and n_agree may not exceed it"
         raise ValueError(msg)
     check_probability(alpha, "alpha")
+    margin = check_latency_margin(latency_margin)
     keep = compared > 0
     conf_a, conf_c, lat_a, lat_c = (
         _one_per_device(name, v, n)[keep]
@@ -199,22 +279,22 @@ def analyze_shadow(
         )
     )
     planned = max(planned_devices, 2)
-    family = [(SHADOW_LATENCY, lat_c - lat_a, lat_a)]
     discordant = (0, 0)
+    accuracy = None
     if labels is not None:
         difference, active_accuracy, discordant = _accuracy(labels, keep, n)
-        family.insert(0, (SHADOW_ACCURACY, difference, active_accuracy))
-    a_side = side_alpha(alpha, len(family))
-    comparisons = [
-        Comparison(
-            candidate,
-            metric,
-            metric is SHADOW_ACCURACY,
-            paired_path(d, control, planned_devices=planned, alpha_side=a_side, min_devices=min_devices),
-            d.size,
-        )
-        for metric, d, control in family
-    ]
+        accuracy = (difference, active_accuracy)
+    a_side = side_alpha(alpha, 1 if accuracy is None else 2)
+    comparisons = []
+    if accuracy is not None:
+        path = paired_path(*accuracy, planned_devices=planned, alpha_side=a_side, min_devices=min_devices)
+        comparisons.append(Comparison(candidate, SHADOW_ACCURACY, primary=True, path=path, devices=accuracy[0].size))
+    latency = latency_guard_path(
+        lat_a, lat_c, margin=margin, planned_devices=planned, alpha_side=a_side, min_devices=min_devices
+    )
+    comparisons.append(
+        Comparison(candidate, SHADOW_LATENCY, primary=False, path=latency, devices=lat_a.size, ratio_margin=margin)
+    )
     analysis = summarize("shadow", comparisons, alpha=alpha, correction=correction, devices=(int(keep.sum()),))
     if labels is None and analysis.verdict == "inconclusive":
         reason = f"no labels: a shadow names no winner without labelled correctness; {analysis.reason}"
@@ -225,5 +305,6 @@ def analyze_shadow(
         confidence_difference=_interval(conf_c - conf_a, planned, alpha, min_devices),
         active_latency_ms=float(lat_a.mean()) if lat_a.size else math.nan,
         candidate_latency_ms=float(lat_c.mean()) if lat_c.size else math.nan,
+        latency_margin=margin,
         discordant=discordant,
     )

@@ -16,11 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from types import TracebackType
-from typing import Self, TypeVar
+from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from modelfleet._closing import Closeable
 from modelfleet.agent._failures import http_failure
 from modelfleet.agent._http import ClientTimeouts, ExchangeError, HttpClient, ServerAuth, Transport
 from modelfleet.errors import (
@@ -86,7 +86,7 @@ class _Reply:
     content: bytes
 
 
-class DeviceClient:
+class DeviceClient(Closeable):
     """Calls the device API of one server.
 
     Args:
@@ -130,14 +130,6 @@ class DeviceClient:
     def close(self) -> None:
         """Close the connection pool."""
         self._http.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     # ------------------------------------------------------------ routes
 

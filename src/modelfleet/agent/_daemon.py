@@ -43,10 +43,11 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from modelfleet._closing import Closeable
 from modelfleet.agent._candidate import CandidateFile, Serving
 from modelfleet.agent._client import ClockSkewError, CredentialRejectedError, DeviceClient
 from modelfleet.agent._download import Downloader, DownloadPolicy, backoff_delay, disk_free
@@ -226,7 +227,7 @@ def default_profile(data_dir: Path, tags: dict[str, str] | None = None) -> Devic
     )
 
 
-class Agent:
+class Agent(Closeable):
     """The device agent of one data directory.
 
     Args:
@@ -311,12 +312,6 @@ class Agent:
         if self._transport is not None:
             self._transport.close()
         self.outbox.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def use_predictor(self, predictor: Predictor | None) -> None:
         """Forward this predictor's telemetry and watch its calls (the previous one's is collected first).

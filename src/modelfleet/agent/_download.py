@@ -25,9 +25,9 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from types import TracebackType
-from typing import BinaryIO, Self
+from typing import BinaryIO
 
+from modelfleet._closing import Closeable
 from modelfleet.agent._failures import disk_failure, http_failure
 from modelfleet.agent._http import ClientTimeouts, ExchangeError, HttpClient, Response
 from modelfleet.agent._slots import fsync_dir
@@ -153,7 +153,7 @@ class _Transfer:
     progress: Progress
 
 
-class Downloader:
+class Downloader(Closeable):
     """Fetches bundles over HTTP with resume, deadlines, throughput and space checks.
 
     Args:
@@ -187,14 +187,6 @@ class Downloader:
         """Close the HTTP client if this downloader made it."""
         if self._own_client:
             self._client.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     # ------------------------------------------------------------ public
 

@@ -32,10 +32,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol
 from urllib.parse import urljoin, urlsplit
 
+from modelfleet._closing import Closeable
 from modelfleet.agent._proxy import ProxyRoutes, proxy_authorization
 from modelfleet.config import ProxyServer, ProxySettings
 from modelfleet.errors import TransportError
@@ -135,7 +135,7 @@ class _Body(Protocol):
     def close(self) -> None: ...
 
 
-class Response:
+class Response(Closeable):
     """A status, headers (names in lower case) and a body read on demand.
 
     Close it, or use it as a context manager, so its connection goes back to the pool.
@@ -179,14 +179,6 @@ class Response:
     def close(self) -> None:
         """Release the connection (kept alive when the body was read to its end)."""
         self._body.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 class Transport:
@@ -459,7 +451,7 @@ class ServerAuth:
         return f"Bearer {credential}"
 
 
-class HttpClient:
+class HttpClient(Closeable):
     """Requests with a base URL, default headers, the server's credential and redirects.
 
     Args:
@@ -526,14 +518,6 @@ class HttpClient:
         """Close the transport if this client made it."""
         if self._own_transport:
             self.transport.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def _absolute(self, url: str) -> str:
         return f"{self.base_url}{url}" if url.startswith("/") else url

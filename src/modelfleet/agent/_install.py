@@ -32,11 +32,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from types import MappingProxyType, TracebackType
-from typing import Self
+from types import MappingProxyType
 
 from pydantic import ValidationError
 
+from modelfleet._closing import Closeable
 from modelfleet.agent._candidate import CandidateFile, CandidateRecord, assignment_of
 from modelfleet.agent._delta import fetch_by_delta
 from modelfleet.agent._download import Downloader, DownloadPolicy, backoff_delay
@@ -172,7 +172,7 @@ class _Outcome:
         return cls(event, *disk_failure(error))
 
 
-class Installer:
+class Installer(Closeable):
     """Installs, commits and rolls back model versions on this device.
 
     Args:
@@ -221,14 +221,6 @@ class Installer:
         """Close the downloader if this installer made it."""
         if self._own_downloader:
             self._downloader.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     # ------------------------------------------------------------ public
 

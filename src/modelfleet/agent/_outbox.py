@@ -21,9 +21,9 @@ import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Literal, Self
+from typing import Literal
 
+from modelfleet._closing import Closeable
 from modelfleet.errors import StoreError, TooLargeError
 from modelfleet.telemetry import Event, Summary
 
@@ -84,7 +84,7 @@ class OutboxCounts:
     dropped: dict[str, int]
 
 
-class Outbox:
+class Outbox(Closeable):
     """A bounded, crash-safe SQLite outbox of summaries and events; thread-safe.
 
     Args:
@@ -167,14 +167,6 @@ class Outbox:
         """Close the database; everything added is already on disk."""
         with self._lock:
             self._db.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        self.close()
 
     # ------------------------------------------------------------------ internals
 

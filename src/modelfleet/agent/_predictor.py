@@ -17,12 +17,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal, NamedTuple, Self
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
+from modelfleet._closing import Closeable
 from modelfleet.agent._contract import Scores, check_inputs, check_same_contract, layout_of, read_scores
 from modelfleet.agent._events import EventLog
 from modelfleet.agent._inline import InlineWorker
@@ -185,7 +185,7 @@ class _Context:
         )
 
 
-class Predictor:
+class Predictor(Closeable):
     """Runs an installed model for an application; thread-safe.
 
     Args:
@@ -337,14 +337,6 @@ class Predictor:
             shadow.close(_CLOSE_S)
         for version in self._loaded:
             version.worker.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
-    ) -> None:
-        self.close()
 
     # ------------------------------------------------------------------ internals
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING
 
+from modelfleet._closing import Closeable
 from modelfleet.agent._candidate import Serving
 from modelfleet.agent._predictor import InstalledVersion, Predictor
 from modelfleet.agent._runtime import OnnxRuntime, RuntimeConfig, RuntimeFactory
@@ -31,7 +32,7 @@ __all__ = ["ServedPredictor", "open_served"]
 logger = logging.getLogger(__name__)
 
 
-class ServedPredictor:
+class ServedPredictor(Closeable):
     """A :class:`Predictor` on one :class:`Serving`, holding its versions open; close it to release them."""
 
     def __init__(self, serving: Serving, predictor: Predictor, handles: list[SlotHandle]) -> None:
@@ -46,12 +47,6 @@ class ServedPredictor:
         for handle in self._handles:
             handle.close()
         self._handles = []
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def open_served(

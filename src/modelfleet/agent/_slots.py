@@ -33,9 +33,8 @@ import tempfile
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
+from modelfleet._closing import Closeable
 from modelfleet.agent._update import CrashPoint
 from modelfleet.bundle import Manifest, TrustedKeys, parse_manifest, read_bundle, verify_signatures
 from modelfleet.config import BundleLimits
@@ -106,7 +105,7 @@ class Slot:
         return parse_manifest((self.path / MANIFEST_FILE).read_bytes())
 
 
-class SlotHandle:
+class SlotHandle(Closeable):
     """An open version: a shared ``flock`` on its directory keeps garbage collection away.
 
     Use as a context manager, or call :meth:`close`. ``path`` stays valid while open.
@@ -128,14 +127,6 @@ class SlotHandle:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
 
 class SlotStore:

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import httpx
 
 from modelfleet import __version__
+from modelfleet._closing import Closeable
 from modelfleet.errors import (
     AuthenticationError,
     BadDataError,
@@ -65,7 +65,7 @@ def _refusal(response: httpx.Response) -> ModelfleetError:
     return _BY_STATUS.get(response.status_code, ModelfleetError)(message, code=code)
 
 
-class AdminClient:
+class AdminClient(Closeable):
     """Admin API calls with one bearer token.
 
     Args:
@@ -90,14 +90,6 @@ class AdminClient:
             transport=transport,
             trust_env=False,
         )
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
 
     def close(self) -> None:
         """Close the connection pool."""

@@ -11,7 +11,20 @@ ROOT = Path(__file__).resolve().parents[2]
 
 FIELDS = {
     "predictor": {"rows", "ratio", "met", "goal_ratio", "inline", "process"},
-    "summarizer": {"per_inference_us", "back_to_back_us", "bare_inference_us", "ratio", "features", "goal_us", "met"},
+    "summarizer": {
+        "per_inference_us",
+        "amortized_us",
+        "copy_us",
+        "drain_us",
+        "block_rows",
+        "observe",
+        "back_to_back_us",
+        "bare_inference_us",
+        "ratio",
+        "features",
+        "goal_us",
+        "met",
+    },
     "switch": {"switch_ms", "bare_replace_ms", "ratio", "goal_ms", "met"},
     "install": {"bundle_mb", "install_s", "sha256_copy_s", "ratio", "goal_s", "met"},
     "idle_rss": {
@@ -53,6 +66,9 @@ def test_quick_run_reports_every_figure_against_its_baseline(tmp_path):
         assert {"ours_ms", "baseline_ms", "ratio", "rounds", "calls_per_round"} <= set(run)
         assert run["ours_ms"] > 0
         assert run["baseline_ms"] > 0
+    summarizer = report["summarizer"]
+    assert summarizer["drains"] > 0  # the block binning was timed, apart from the copies
+    assert {"per_inference_us", "amortized_us", "copy_us", "drain_us", "mean_us"} <= set(summarizer["observe"])
     assert 9 < report["install"]["bundle_mb"] < 12  # the 10 MB bundle the goal speaks of
     assert report["idle_rss"]["files_written_under_home"] == []  # ONNX Runtime keeps out of ~/.cache
     for name in ("predictor", "summarizer", "switch", "install", "idle RSS"):

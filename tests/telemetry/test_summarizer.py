@@ -10,6 +10,8 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import onnxruntime as ort
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from modelfleet.bundle import BuildOptions, SigningKey, ValidationSet, build_bundle
 from modelfleet.clock import ManualClock, SystemClock
@@ -542,9 +544,25 @@ def observe_rows_as_numbers(summarizer, features, confidence, predicted, latency
     summarizer.observe_row(features, confidence.item(), predicted.item(), latency, fallback=flags["fallback"])
 
 
+def as_float64(features, rng):
+    """Every call's features as they came."""
+    return features
+
+
+def as_float32(features, rng):
+    """A float model's input: values near float64 edges that float32 cannot hold."""
+    return features.astype(np.float32)
+
+
+def float32_or_float64(features, rng):
+    """Calls of both dtypes in one window: both pending blocks fill and drain into it."""
+    return features.astype(np.float32) if rng.uniform() < 0.5 else features
+
+
+@pytest.mark.parametrize("dtype", [as_float64, as_float32, float32_or_float64])
 @pytest.mark.parametrize("observe", [observe_as_arrays, observe_rows_as_numbers])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_block_counting_equals_counting_each_row_at_once(seed, observe):
+def test_block_counting_equals_counting_each_row_at_once(seed, observe, dtype):
     # Random calls, mostly one row, across window ends and flushes; values on edges, outside them, NaN and infinite.
     rng = np.random.default_rng(seed)
     width = int(rng.integers(1, 300))
@@ -560,6 +578,7 @@ def test_block_counting_equals_counting_each_row_at_once(seed, observe):
         rows = 1 if rng.uniform() < 0.9 else int(rng.integers(2, 6))
         features = rng.normal(0, 1.2, (rows, width)).round(1)
         features[rng.uniform(size=features.shape) < 0.05] = rng.choice(special)
+        features = dtype(features, rng)
         failed = rng.uniform() < 0.1
         error, timeout = (failed, False) if rng.uniform() < 0.5 else (False, failed)
         confidence = None if failed else rng.choice([0.0, 0.2, 0.5, 0.9, 1.0, 0.33], rows).astype(np.float32)
@@ -587,6 +606,114 @@ def test_block_counting_equals_counting_each_row_at_once(seed, observe):
     assert sorted(summary.window_start.timestamp() for summary in got) == sorted(reference.windows)
     for summary in got:
         assert _as_reference(summary) == reference.windows[int(summary.window_start.timestamp())]
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_TINY = 2.0**-149  # the smallest positive float32 (subnormal)
+
+
+def float32_below(value):
+    return float(np.nextafter(np.float32(value), np.float32(-INF)))
+
+
+def float32_above(value):
+    return float(np.nextafter(np.float32(value), np.float32(INF)))
+
+
+# interior edges of one feature -> (a float32 value, the bin it counts in); float32 rows are compared in float32
+FLOAT32_EDGES = {
+    "on an edge float32 holds": ((0.5,), 0.5, 1),
+    "just below an edge float32 holds": ((0.5,), float32_below(0.5), 0),
+    "just above an edge float32 holds": ((0.5,), float32_above(0.5), 1),
+    "the float32 nearest an edge it rounds down stays below": ((0.7,), float(np.float32(0.7)), 0),
+    "the float32 after an edge it rounds down reaches it": ((0.7,), float32_above(0.7), 1),
+    "the float32 nearest an edge it rounds up reaches it": ((0.1,), float(np.float32(0.1)), 1),
+    "the float32 before an edge it rounds up stays below": ((0.1,), float32_below(0.1), 0),
+    "the largest float32 below an edge past the float32 range": ((1e39,), FLOAT32_MAX, 0),
+    "the largest float32 below an edge that rounds down to it": ((FLOAT32_MAX + 2.0**102,), FLOAT32_MAX, 0),
+    "the largest float32 on its own edge": ((FLOAT32_MAX,), FLOAT32_MAX, 1),
+    "infinity past an edge past the float32 range": ((1e39,), INF, 1),
+    "the lowest float32 above an edge below the float32 range": ((-1e39,), -FLOAT32_MAX, 1),
+    "minus infinity below an edge below the float32 range": ((-1e39,), -INF, 0),
+    "zero below a positive edge smaller than any float32": ((1e-50,), 0.0, 0),
+    "the smallest float32 above a positive edge smaller than it": ((1e-50,), FLOAT32_TINY, 1),
+    "minus zero above a negative edge closer to zero than any float32": ((-1e-50,), -0.0, 1),
+    "the negative float32 nearest zero below that edge": ((-1e-50,), -FLOAT32_TINY, 0),
+    "minus zero on a zero edge": ((0.0,), -0.0, 1),
+    "NaN in the first bin": ((0.1, 0.7), math.nan, 0),
+    "infinity in the last bin": ((0.1, 0.7), INF, 2),
+    "minus infinity in the first bin": ((0.1, 0.7), -INF, 0),
+    "between two edges float32 cannot hold": ((0.1, 0.7), float(np.float32(0.7)), 1),
+}
+WIDER = (-INF, -1.0, 0.0, 1.0, 2.0, INF)  # a second feature with more bins: the first one's edges are padded
+
+
+@pytest.mark.parametrize("case", list(FLOAT32_EDGES))
+def test_float32_features_count_in_the_bins_of_the_float64_edges(case):
+    interior, value, expected = FLOAT32_EDGES[case]
+    edges = (-INF, *interior, INF)
+    assert _reference_bin(edges, value) == expected  # the table is right: float32 values, counted in Python
+    layout = SummaryLayout((edges, WIDER), (0.0, 1.0), 2, (("x", 2),))
+    summarizer = Summarizer(layout, "m", "1.0.0", "active", ManualClock(START), salt=b"s")
+    row = np.array([[value, 0.0]], np.float32)
+    assert float(row[0, 0]) == value or math.isnan(value)
+
+    summarizer.observe_row(row, 0.5, 1, 1.0)  # the float32 block
+    summarizer.observe(row, np.array([0.5]), np.array([1]), 1.0)  # the float32 block, the checked way
+    summarizer.observe(np.repeat(row, 3, axis=0), np.full(3, 0.5), np.ones(3, np.int64), 1.0)  # a float32 batch
+    summarizer.observe_row(row.astype(np.float64), 0.5, 1, 1.0)  # the float64 block
+
+    first, wider = only(summarizer.flush(final=True)).feature_counts
+    assert first[expected] == sum(first) == 6, first
+    assert wider == (0, 0, 6, 0, 0)
+
+
+def test_float32_and_float64_rows_of_one_window_count_together():
+    # 64 float32 rows fill their block (binned when full), 40 float64 rows stay pending in theirs until the flush.
+    layout = SummaryLayout(((-INF, 0.7, INF), WIDER), (0.0, 1.0), 2, (("x", 2),))
+    summarizer = Summarizer(layout, "m", "1.0.0", "active", ManualClock(START), salt=b"s")
+    just_below = np.array([[np.float32(0.7), 0.5]], np.float32)  # below the float64 edge 0.7
+    on_edge = np.array([[0.7, 0.5]])
+
+    for _ in range(64):
+        summarizer.observe_row(just_below, 0.5, 1, 1.0)
+    for _ in range(40):
+        summarizer.observe_row(on_edge, 0.5, 1, 1.0)
+
+    assert only(summarizer.flush(final=True)).feature_counts == ((64, 40), (0, 0, 104, 0, 0))
+
+
+FINITE_EDGE = st.floats(allow_nan=False, allow_infinity=False)
+FLOAT32_EDGE = st.floats(allow_nan=False, allow_infinity=False, width=32)
+
+
+def _float32_around(edge):
+    """The float32 nearest an edge and its two neighbours: where rounding the edge to float32 would go wrong."""
+    with np.errstate(over="ignore"):  # past the float32 range: infinity
+        nearest = np.float32(edge)
+        return [float(nearest), float32_below(nearest), float32_above(nearest)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_float32_rows_count_like_the_reference_on_any_edges(data):
+    interior = sorted(data.draw(st.sets(st.one_of(FINITE_EDGE, FLOAT32_EDGE), max_size=9)))
+    around = [value for edge in interior for value in _float32_around(edge)]
+    value = st.floats(width=32) if not around else st.one_of(st.sampled_from(around), st.floats(width=32))
+    values = data.draw(st.lists(value, min_size=1, max_size=100))
+    edges = (-INF, *interior, INF)
+    layout = SummaryLayout((edges, WIDER), (0.0, 1.0), 2, (("x", 2),))
+    summarizer = Summarizer(layout, "m", "1.0.0", "active", ManualClock(START), salt=b"s")
+    features = np.array([[value, 0.0] for value in values], np.float32)
+
+    for row in features:
+        summarizer.observe_row(row[None, :], 0.5, 1, 1.0)
+    summarizer.observe(features, np.full(len(values), 0.5), np.ones(len(values), np.int64), 1.0)
+
+    expected = [0] * (len(edges) - 1)
+    for value in features[:, 0].tolist():
+        expected[_reference_bin(edges, value)] += 2
+    assert only(summarizer.flush(final=True)).feature_counts[0] == tuple(expected)
 
 
 def test_a_feature_with_the_most_bins_counts_its_last_bin():

@@ -161,7 +161,7 @@ def test_concurrent_upgrades_from_several_replicas_migrate_once(empty_database_u
         except BaseException as exc:  # noqa: BLE001 - collected and asserted below
             failures.append(exc)
 
-    replicas = [threading.Thread(target=replica_starts) for _ in range(3)]
+    replicas = [threading.Thread(target=replica_starts) for _ in range(6)]
     for replica in replicas:
         replica.start()
     for replica in replicas:

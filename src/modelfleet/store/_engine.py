@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import re
+import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,6 +45,7 @@ __all__ = [
 ]
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
+_WAL_RETRY_S = 0.005
 _POSTGRES_DRIVERS = {"postgresql", "postgres"}
 # Refusals that retrying cannot fix: bad credentials (SQLSTATE class 28), unknown database or role.
 # psycopg reports connection failures without a SQLSTATE, so the server's message decides there.
@@ -261,12 +264,32 @@ def _configure_sqlite_connection(dbapi_connection: Any, connection_record: objec
     """Apply the journal, durability, integrity and locking settings to a new SQLite connection."""
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _enter_wal(cursor, busy_ms)
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
     finally:
         cursor.close()
+
+
+def _enter_wal(cursor: sqlite3.Cursor, busy_ms: int) -> None:
+    """Switch the file to WAL, retrying a lock conflict until the busy timeout.
+
+    Two connections switching a new file at the same moment both hold a shared lock and want an exclusive
+    one; SQLite answers one of them "database is locked" at once instead of calling the busy handler (waiting
+    could deadlock), so starting replicas would fail at random. Once one has switched, the mode is kept in
+    the file and the switch is a no-op.
+    """
+    deadline = time.monotonic() + busy_ms / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(_WAL_RETRY_S)
+        else:
+            return
 
 
 def _begin_before_first_savepoint(connection: Connection, name: str) -> None:  # noqa: ARG001 - event signature

@@ -38,6 +38,9 @@ MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 UPGRADE_COMMAND = "modelfleet db upgrade"
 # Key of the PostgreSQL advisory lock that lets one of several starting replicas migrate at a time.
 _MIGRATION_LOCK_KEY = 0x6D66_6D69_6772  # "mfmigr"
+# How long a SQLite replica waits for another's migration (which holds the write lock throughout): as long as
+# a migration may take on a slow disk, not the few seconds a request may wait. PostgreSQL's lock waits unbounded.
+_MIGRATION_BUSY_TIMEOUT_MS = 300_000
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -145,7 +148,7 @@ def _engine(engine_or_url: Engine | str) -> Iterator[Engine]:
     if isinstance(engine_or_url, Engine):
         yield engine_or_url
         return
-    engine = make_engine(engine_or_url)
+    engine = make_engine(engine_or_url, busy_timeout_ms=_MIGRATION_BUSY_TIMEOUT_MS)
     try:
         yield engine
     finally:
@@ -169,15 +172,20 @@ def _migration_transaction(engine: Engine) -> Iterator[Connection]:
 @contextlib.contextmanager
 def _sqlite_schema_transaction(connection: Connection) -> Iterator[None]:
     """Take the write lock with foreign keys off, check them before commit, then turn them on."""
+    busy_ms = None
     try:
         with connection.begin():
-            # The driver opens transactions only before DML, so the PRAGMA applies and BEGIN is ours.
+            # The driver opens transactions only before DML, so the PRAGMAs apply and BEGIN is ours.
             connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            busy_ms = connection.exec_driver_sql("PRAGMA busy_timeout").scalar_one()
+            connection.exec_driver_sql(f"PRAGMA busy_timeout={_MIGRATION_BUSY_TIMEOUT_MS}")
             connection.exec_driver_sql("BEGIN IMMEDIATE")
             yield
             _check_foreign_keys(connection)
     finally:
         connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+        if busy_ms is not None:
+            connection.exec_driver_sql(f"PRAGMA busy_timeout={int(busy_ms)}")
         connection.rollback()
 
 

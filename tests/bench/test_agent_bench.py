@@ -66,6 +66,8 @@ def test_quick_run_reports_every_figure_against_its_baseline(tmp_path):
         assert {"ours_ms", "baseline_ms", "ratio", "rounds", "calls_per_round"} <= set(run)
         assert run["ours_ms"] > 0
         assert run["baseline_ms"] > 0
+    assert report["predictor"]["inline"]["another_session_ratio"] > 0  # the spread of session placement
+    assert report["predictor"]["process"]["floor_vs_local_ratio"] > 0  # what the process floor itself costs
     summarizer = report["summarizer"]
     assert summarizer["drains"] > 0  # the block binning was timed, apart from the copies
     assert {"per_inference_us", "amortized_us", "copy_us", "drain_us", "mean_us"} <= set(summarizer["observe"])

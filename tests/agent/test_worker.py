@@ -6,6 +6,7 @@ input holding a value above 100 sets the trip count of a ``Loop`` to about 1e11
 (ONNX Runtime raises). Validation-like inputs in [0, 1] run normally.
 """
 
+import importlib
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from modelfleet.agent import RuntimeConfig
+from modelfleet.agent import OnnxRuntime, RuntimeConfig
 from modelfleet.agent._worker import InferenceWorker
 from modelfleet.errors import ConfigError, IncompatibleError
 from modelfleet.sim.models import trap_classifier
@@ -45,9 +46,10 @@ def events():
 def make_worker(model, events):
     workers = []
 
-    def make(path=None, **settings):
+    def make(path=None, runtime=OnnxRuntime, **settings):
         config = RuntimeConfig(**({"timeout_s": 1.0, "start_timeout_s": 60.0} | settings))
-        worker = InferenceWorker(path or model, config, on_event=lambda *event: events.append(event), name="trap")
+        sink = events.append
+        worker = InferenceWorker(path or model, config, runtime=runtime, on_event=lambda *e: sink(e), name="trap")
         workers.append(worker)
         return worker
 
@@ -77,6 +79,75 @@ def alive(pid):
         return state != "Z" or len(list((proc / "task").iterdir())) > 1
     except FileNotFoundError:
         return False
+
+
+def worker_processes():
+    """Worker processes this test process started that still run."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes()
+        except (FileNotFoundError, ProcessLookupError):  # it ended while being looked at
+            continue
+        if ppid == os.getpid() and b"modelfleet.agent._worker" in command and alive(int(entry.name)):
+            found.add(int(entry.name))
+    return found
+
+
+def spinning_rows(worker):
+    """Rows that make the trap model's ``Loop`` spin for about a given time, timed on this worker now.
+
+    The trip count is (max(X) - 100) * 1e9, so it grows by the same step with each float32 above 100.
+    """
+    step = np.spacing(np.float32(100.0))
+
+    def row(steps):
+        x = NORMAL[:1].copy()
+        x[0, 0] = np.float32(100.0) + np.float32(steps) * step
+        return x
+
+    probe = 40
+    outcome, elapsed = timed(lambda: worker.infer({"X": row(probe)}, 30.0))
+    assert outcome.failure is None
+    assert elapsed > 0.05, "the probe spin is too short to time"
+    return lambda seconds: row(max(1, round(seconds / elapsed * probe)))
+
+
+SLOW_START = textwrap.dedent(
+    """
+    import time
+    from modelfleet.agent import OnnxRuntime
+
+    class SlowStart:
+        \"\"\"ONNX Runtime, made after the pause written in a file (at once while there is no file).\"\"\"
+
+        def __init__(self, pause_file):
+            self.pause_file = pause_file
+
+        def __call__(self, config):
+            if self.pause_file.exists():
+                time.sleep(float(self.pause_file.read_text()))
+            return OnnxRuntime(config)
+    """
+)
+
+
+@pytest.fixture
+def slow_start(tmp_path, monkeypatch):
+    """A runtime factory whose starts take as long as the returned file says, and that file.
+
+    Loading a model slowly on purpose needs code in the worker process, which is a fresh
+    interpreter: the factory's module is written to a directory on its ``PYTHONPATH``.
+    """
+    (tmp_path / "slow_start.py").write_text(SLOW_START)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
+    module = importlib.import_module("slow_start")
+    yield module.SlowStart(tmp_path / "pause"), tmp_path / "pause"
+    sys.modules.pop("slow_start", None)
 
 
 # ------------------------------------------------------------------ answers
@@ -199,7 +270,7 @@ def test_a_full_queue_is_answered_at_once_and_a_queued_request_times_out_without
     worker = make_worker(timeout_s=1.5, max_queue=1)
     busy = threading.Thread(target=worker.infer, args=({"X": HANGS},))
     busy.start()
-    time.sleep(0.2)  # the dispatcher has taken the hanging request; the queue is empty
+    time.sleep(0.2)  # the hanging request has the turn; nobody waits
     queued = {}
     waiting = threading.Thread(target=lambda: queued.update(outcome=worker.infer({"X": NORMAL}, 0.5)))
     waiting.start()
@@ -214,6 +285,184 @@ def test_a_full_queue_is_answered_at_once_and_a_queued_request_times_out_without
     busy.join()
     wait_for(lambda: worker.restarts == 1)  # only the hung request's bound kills the worker
     assert [kind for kind, _, _ in events] == ["worker_restarted"]
+
+
+@pytest.mark.parametrize("max_queue", [2, 4])
+def test_exactly_max_queue_callers_wait_and_the_next_is_refused_at_once(make_worker, events, max_queue):
+    worker = make_worker(timeout_s=1.5, max_queue=max_queue)
+    busy = threading.Thread(target=worker.infer, args=({"X": HANGS},))
+    busy.start()
+    wait_for(lambda: worker._turn._held)
+    outcomes = []
+
+    def wait_in_line():
+        outcomes.append(worker.infer({"X": NORMAL}, 0.8))
+
+    waiting = [threading.Thread(target=wait_in_line) for _ in range(max_queue)]
+    for thread in waiting:
+        thread.start()
+    wait_for(lambda: len(worker._turn._line) == max_queue)
+
+    full, elapsed = timed(lambda: worker.infer({"X": NORMAL}))
+
+    assert full.failure == "queue_full"
+    assert elapsed < 0.1
+    for thread in waiting:
+        thread.join()
+    assert [outcome.failure for outcome in outcomes] == ["queue_timeout"] * max_queue
+    busy.join()
+    wait_for(lambda: worker.restarts == 1)
+    assert [kind for kind, _, _ in events] == ["worker_restarted"]
+
+
+def test_many_threads_at_once_each_get_the_answers_to_their_own_inputs(make_worker, model):
+    threads, calls = 8, 25
+    worker = make_worker(max_queue=threads)
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    rows = np.random.default_rng(7).uniform(0.0, 1.0, (threads, calls, 1, FEATURES)).astype(np.float32)
+    got = [[] for _ in range(threads)]
+    start = threading.Barrier(threads)
+
+    def caller(index):
+        start.wait()
+        for row in rows[index]:
+            got[index].append(worker.infer({"X": row}, 10.0))
+
+    callers = [threading.Thread(target=caller, args=(index,)) for index in range(threads)]
+    for thread in callers:
+        thread.start()
+    for thread in callers:
+        thread.join()
+
+    for index in range(threads):
+        assert [outcome.failure for outcome in got[index]] == [None] * calls
+        for row, outcome in zip(rows[index], got[index], strict=True):
+            np.testing.assert_array_equal(outcome.outputs["probabilities"], session.run(None, {"X": row})[0])
+    assert worker.restarts == 0
+
+
+def test_a_caller_out_of_time_in_line_leaves_but_its_run_keeps_its_own_bound(make_worker, model, events):
+    # A's run takes about 1 s, so B (bound 1.5 s) gets the turn with about 0.5 s left and leaves with a
+    # timeout, while its own 1 s run is still within the 1.5 s that runs get: the worker is not killed,
+    # B's late answer is read and dropped, and C (waiting behind B) gets the answer to its own input.
+    worker = make_worker(timeout_s=3.0, max_queue=4)
+    spin = spinning_rows(worker)
+    pid = worker.pid
+    results = {}
+
+    def call(name, row, bound):
+        results[name] = timed(lambda: worker.infer({"X": row}, bound))
+
+    plan = [("a", spin(1.0), 3.0), ("b", spin(1.0), 1.5), ("c", NORMAL[2:3], 10.0)]
+    callers = [threading.Thread(target=call, args=step) for step in plan]
+    callers[0].start()
+    wait_for(lambda: worker._turn._held)
+    for waiting, thread in enumerate(callers[1:], start=1):
+        thread.start()
+        wait_for(lambda: len(worker._turn._line) == waiting)  # noqa: B023 - used before the loop moves on
+    for thread in callers:
+        thread.join()
+
+    (a, _), (b, b_elapsed), (c, _) = results["a"], results["b"], results["c"]
+    assert a.failure is None
+    assert (b.failure, "waiting" in b.detail) == ("timeout", True)
+    assert 1.5 - 0.05 < b_elapsed < 1.5 + SLACK_S
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(c.outputs["probabilities"], session.run(None, {"X": NORMAL[2:3]})[0])
+    assert (worker.pid, worker.restarts, events) == (pid, 0, [])
+
+
+# ------------------------------------------------------------------ restarts off the caller's path
+
+
+def test_a_timed_out_caller_is_answered_while_its_replacement_is_still_loading(make_worker, slow_start, events):
+    runtime, pause = slow_start
+    worker = make_worker(runtime=runtime, timeout_s=0.5)
+    pause.write_text("3")  # every start from now on takes 3 s longer
+
+    outcome, elapsed = timed(lambda: worker.infer({"X": HANGS}))
+    answered = time.monotonic()
+
+    assert outcome.failure == "timeout"
+    assert elapsed < 0.5 + SLACK_S
+    assert (worker.restarts, worker.wait_ready(0)) == (0, False)  # the replacement is still loading
+    waiting, waited = timed(lambda: worker.infer({"X": NORMAL}, 0.3))
+    assert (waiting.failure, waited < 0.3 + SLACK_S) == ("queue_timeout", True)
+    assert worker.wait_ready(30.0)
+    assert time.monotonic() - answered > 2.5  # the 3 s load came after the caller had its answer
+    assert worker.restarts == 1
+    assert worker.infer({"X": NORMAL}).failure is None
+    assert [kind for kind, _, _ in events] == ["worker_restarted"]
+
+
+def test_a_caller_that_finds_its_worker_dead_waits_for_the_replacement_only_within_its_bound(
+    make_worker, slow_start, events
+):
+    runtime, pause = slow_start
+    worker = make_worker(runtime=runtime)
+    pause.write_text("3")
+    idle = worker.pid
+    os.kill(idle, signal.SIGKILL)
+    wait_for(lambda: not alive(idle))
+
+    outcome, elapsed = timed(lambda: worker.infer({"X": NORMAL}, 0.5))
+
+    assert outcome.failure == "queue_timeout"  # the model never saw the request
+    assert elapsed < 0.5 + SLACK_S
+    assert not worker.wait_ready(0)
+    assert worker.wait_ready(30.0)
+    assert worker.infer({"X": NORMAL}).failure is None
+    assert [kind for kind, _, _ in events] == ["worker_restarted"]
+
+
+def test_close_during_a_replacement_stops_the_loading_worker_at_once(make_worker, slow_start, events):
+    runtime, pause = slow_start
+    worker = make_worker(runtime=runtime, timeout_s=0.5)
+    hung = worker.pid
+    pause.write_text("60")
+    assert worker.infer({"X": HANGS}).failure == "timeout"
+    wait_for(lambda: len(worker_processes() - {hung}) == 1)
+    (loading,) = worker_processes() - {hung}
+
+    _, elapsed = timed(worker.close)
+
+    assert elapsed < 1.0
+    wait_for(lambda: not alive(loading) and not alive(hung), timeout_s=2.0)
+    assert not [thread for thread in threading.enumerate() if thread.name == "modelfleet-trap-restart"]
+    assert worker.infer({"X": NORMAL}).failure == "unavailable"
+    assert events == []
+
+
+def test_close_sends_waiting_callers_away_at_once_and_lets_the_running_inference_end(make_worker, events):
+    worker = make_worker(timeout_s=1.0, max_queue=4)
+    pid = worker.pid
+    results = {}
+
+    def call(name, row, bound):
+        outcome = worker.infer({"X": row}, bound)
+        results[name] = (outcome, time.monotonic())
+
+    running = threading.Thread(target=call, args=("running", HANGS, 1.0))
+    running.start()
+    wait_for(lambda: worker._turn._held)
+    waiting = [threading.Thread(target=call, args=(f"waiting {i}", NORMAL, 10.0)) for i in range(2)]
+    for thread in waiting:
+        thread.start()
+    wait_for(lambda: len(worker._turn._line) == 2)
+
+    closing = time.monotonic()
+    worker.close()
+    closed = time.monotonic()
+
+    for thread in [running, *waiting]:
+        thread.join()
+    for name in ("waiting 0", "waiting 1"):
+        outcome, ended = results[name]
+        assert (outcome.failure, ended - closing < SLACK_S) == ("unavailable", True)
+    assert results["running"][0].failure == "timeout"
+    assert closed - closing < 1.0 + SLACK_S
+    wait_for(lambda: not alive(pid))
+    assert events == []  # closed before a replacement could start
 
 
 # ------------------------------------------------------------------ placement and lifecycle
@@ -263,7 +512,7 @@ PARENT_SCRIPT = textwrap.dedent(
     import sys, threading, time
     from pathlib import Path
     import numpy as np
-    from modelfleet.agent import RuntimeConfig
+    from modelfleet.agent import OnnxRuntime, RuntimeConfig
     from modelfleet.agent._worker import InferenceWorker
     worker = InferenceWorker(Path(sys.argv[1]), RuntimeConfig(timeout_s=600.0))
     threading.Thread(target=worker.infer, args=({"X": np.full((1, 8), 1000.0, np.float32)},), daemon=True).start()

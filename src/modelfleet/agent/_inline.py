@@ -1,10 +1,9 @@
 """Inference in the caller's thread, for ``RuntimeConfig(isolation="inline")``.
 
-The worker process (:mod:`modelfleet.agent._worker`) costs two thread hand-overs and
-an inter-process round trip per call, about 1 ms on a busy two-core device, which
-is as much as a small model's inference. Inline, the caller's thread runs ONNX
-Runtime itself (which releases the GIL) and a watchdog thread, waking every quarter
-of the time bound, sets ONNX Runtime's ``terminate`` flag on a run that passed its
+The worker process (:mod:`modelfleet.agent._worker`) costs an inter-process round
+trip per call, 0.2 to 0.4 ms on a two-core device, a third of a small model's
+inference. Inline, the caller's thread runs ONNX Runtime itself (which releases the
+GIL) and a watchdog thread, waking every quarter of the time bound, sets ONNX Runtime's ``terminate`` flag on a run that passed its
 bound; the run then stops at the next operator boundary and the caller gets a
 ``timeout`` outcome, as from a worker. What inline cannot do is survive a crash in
 native code or stop a single operator that never returns: that is what the default

@@ -54,7 +54,7 @@ class RuntimeConfig:
         telemetry: count every inference into summaries (on by default).
         isolation: ``process`` (default): each model in a worker process that a watchdog kills past
             ``timeout_s``, so a hang or a crash in native code never reaches the caller; ``inline``: the
-            caller's thread runs ONNX Runtime directly (no inter-process hop, about 1 ms less per call)
+            caller's thread runs ONNX Runtime directly (no inter-process round trip: 0.2-0.4 ms less per call)
             and a watchdog sets ONNX Runtime's terminate flag past ``timeout_s``, which stops the run
             between operators (not inside one, and a crash takes the process with it).
             ``cpu_affinity`` and ``nice`` apply to worker processes only.

@@ -3,11 +3,11 @@
 The worker process (:mod:`modelfleet.agent._worker`) costs an inter-process round
 trip per call, 0.2 to 0.4 ms on a two-core device, a third of a small model's
 inference. Inline, the caller's thread runs ONNX Runtime itself (which releases the
-GIL) and a watchdog thread, waking every quarter of the time bound, sets ONNX Runtime's ``terminate`` flag on a run that passed its
-bound; the run then stops at the next operator boundary and the caller gets a
-``timeout`` outcome, as from a worker. What inline cannot do is survive a crash in
-native code or stop a single operator that never returns: that is what the default
-``process`` isolation is for.
+GIL) and a watchdog thread, waking every quarter of the time bound, sets ONNX
+Runtime's ``terminate`` flag on a run that passed its bound; the run then stops at
+the next operator boundary and the caller gets a ``timeout`` outcome, as from a
+worker. What inline cannot do is survive a crash in native code or stop a single
+operator that never returns: that is what the default ``process`` isolation is for.
 """
 
 from __future__ import annotations

@@ -15,8 +15,10 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 from modelfleet.agent import InstalledVersion, Predictor, RuntimeConfig
 from modelfleet.agent._contract import layout_of
@@ -499,6 +501,52 @@ def test_inline_a_runtime_error_gets_a_fallback(make):
     assert (prediction.fallback, prediction.reason, prediction.top1.tolist()) == (True, "error", [7])
     (event,) = predictor.drain_events()
     assert "Gather" in event.reason
+
+
+def nan_classifier(path, features=64, classes=10):
+    """A softmax classifier of ``sqrt(X)``: any negative input makes every score NaN (inputs >= 0 run normally)."""
+    weights = np.random.default_rng(2).standard_normal((features, classes)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Sqrt", ["X"], ["root"]),
+            helper.make_node("MatMul", ["root", "w"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        ],
+        "nan",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, features])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, classes])],
+        [numpy_helper.from_array(weights, "w")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def nan_version(tmp_path_factory, digits):
+    """Version 2.2.0: scores NaN on a negative input; declares ``fallback_class=7``."""
+    work = tmp_path_factory.mktemp("nan")
+    key = SigningKey.generate()
+    options = BuildOptions(name="digits", version="2.2.0", release=1, labels=digits.labels, fallback_class=7)
+    model = nan_classifier(work / "nan.onnx")
+    build_bundle(model, ValidationSet({"x": digits.x_val}, digits.y_val), [key], work / "nan.mfb", options)
+    verified = read_bundle(work / "nan.mfb", TrustedKeys.of([key.public]), extract_to=work / "x")
+    return InstalledVersion(verified.manifest, work / "x" / "model.onnx")
+
+
+@pytest.mark.parametrize("isolation", ["process", "inline"])
+@pytest.mark.parametrize("rows", [1, 3])  # one row is read where the model ran, a batch by the caller
+def test_scores_holding_nan_get_a_fallback_and_count_as_an_error(nan_version, digits, clock, isolation, rows):
+    config = RuntimeConfig(timeout_s=5.0, isolation=isolation)
+    with Predictor(nan_version.manifest, nan_version.model_path, config=config, clock=clock, salt=b"t") as predictor:
+        good = predictor.predict(digits.x_val[:rows])
+        bad = predictor.predict(-digits.x_val[:rows] - 1.0)
+
+        assert not good.fallback
+        assert (bad.fallback, bad.reason, bad.top1.tolist()) == (True, "error", [7] * rows)
+        (event,) = predictor.drain_events()
+        assert "NaN or infinite" in event.reason
+        summary = only_one(predictor.flush(final=True))
+    assert (summary.n, summary.errors, summary.fallbacks) == (2 * rows, rows, rows)
 
 
 def test_inline_needs_onnx_runtime(installed):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from modelfleet.agent._contract import read_scores
+from modelfleet.agent._contract import score_reader
 from modelfleet.bundle import Head
 
 ROWS = {
@@ -22,14 +22,14 @@ def head(scores="probabilities"):
 
 def batch_path(raw, kind="probabilities"):
     """The same row read as part of a batch (the other row is discarded)."""
-    scores = read_scores(head(kind), {"p": np.concatenate([raw, raw])}, 2)
+    scores = score_reader(head(kind))({"p": np.concatenate([raw, raw])}, 2)
     return scores.top1[:1], scores.confidence[:1]
 
 
 @pytest.mark.parametrize("case", list(ROWS))
 def test_one_row_equals_the_batch_path(case):
     raw = ROWS[case]
-    one = read_scores(head(), {"p": raw}, 1)
+    one = score_reader(head())({"p": raw}, 1)
 
     top1, confidence = batch_path(raw)
     assert one.top1.dtype == np.int64
@@ -45,7 +45,7 @@ def test_random_rows_equal_the_batch_path():
     rng = np.random.default_rng(0)
     for _ in range(500):
         raw = rng.uniform(-0.1, 1.1, (1, 3)).astype(rng.choice([np.float32, np.float64]))
-        one = read_scores(head(), {"p": raw}, 1)
+        one = score_reader(head())({"p": raw}, 1)
         top1, confidence = batch_path(raw)
         assert (one.top1.tolist(), one.confidence.tolist()) == (top1.tolist(), confidence.tolist())
 
@@ -53,12 +53,12 @@ def test_random_rows_equal_the_batch_path():
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_a_row_holding_nan_or_infinity_is_refused(bad):
     with pytest.raises(ValueError, match="NaN or infinite"):
-        read_scores(head(), {"p": np.array([[0.5, bad, 0.1]], np.float32)}, 1)
+        score_reader(head())({"p": np.array([[0.5, bad, 0.1]], np.float32)}, 1)
 
 
 @pytest.mark.parametrize("kind", ["probabilities", "logits"])
 def test_a_batch_or_logits_carry_no_plain_row(kind):
     raw = ROWS["softmax"]
-    assert read_scores(head(kind), {"p": np.concatenate([raw, raw])}, 2).row is None
+    assert score_reader(head(kind))({"p": np.concatenate([raw, raw])}, 2).row is None
     if kind == "logits":  # logits are read the batch way, one row too
-        assert read_scores(head(kind), {"p": raw}, 1).row is None
+        assert score_reader(head(kind))({"p": raw}, 1).row is None

@@ -21,6 +21,8 @@ import onnxruntime as ort
 import pytest
 
 from modelfleet.agent import OnnxRuntime, RuntimeConfig
+from modelfleet.agent._inline import InlineWorker
+from modelfleet.agent._scores import ScoreReader
 from modelfleet.agent._worker import InferenceWorker
 from modelfleet.errors import ConfigError, IncompatibleError
 from modelfleet.sim.models import trap_classifier
@@ -161,6 +163,44 @@ def test_answers_are_onnx_runtimes_answers(make_worker, model):
 
     assert outcome.failure is None
     np.testing.assert_array_equal(outcome.outputs["probabilities"], session.run(None, {"X": NORMAL})[0])
+
+
+READER = ScoreReader(output="probabilities", n_classes=CLASSES, logits=False)
+
+
+@pytest.mark.parametrize("kind", [InferenceWorker, InlineWorker])
+def test_a_reader_reads_a_one_row_answer_where_the_model_ran(model, kind):
+    with_reader = kind(model, RuntimeConfig(), reader=READER)
+    try:
+        one, batch = with_reader.infer({"X": NORMAL[:1]}), with_reader.infer({"X": NORMAL})
+    finally:
+        with_reader.close()
+
+    assert one.failure is None
+    assert one.row == READER(one.outputs, 1).row  # read in the worker, as the caller would have read it
+    assert (type(one.row[0]), type(one.row[1])) == (float, int)
+    assert batch.failure is None
+    assert batch.row is None  # a batch is read whole, by the caller
+
+
+REFUSING = {
+    "wrong class count": ScoreReader(output="probabilities", n_classes=CLASSES + 1, logits=False),
+    "missing output": ScoreReader(output="scores", n_classes=CLASSES, logits=False),
+}
+
+
+@pytest.mark.parametrize("kind", [InferenceWorker, InlineWorker])
+@pytest.mark.parametrize("case", list(REFUSING))
+def test_an_answer_the_reader_refuses_is_an_error_and_the_worker_keeps_serving(model, kind, case):
+    worker = kind(model, RuntimeConfig(), reader=REFUSING[case])
+    try:
+        refused, again = worker.infer({"X": NORMAL[:1]}), worker.infer({"X": NORMAL})
+    finally:
+        worker.close()
+
+    assert (refused.outputs, refused.failure) == (None, "error")
+    assert "scores output" in refused.detail
+    assert again.failure is None  # a batch is not read in the worker: the same worker answers it
 
 
 def test_concurrent_callers_each_get_their_own_answer(make_worker):

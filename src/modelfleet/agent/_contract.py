@@ -7,19 +7,17 @@ clear error naming the input, never a model quietly scoring the wrong tensor.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
 
 import numpy as np
-import numpy.typing as npt
 
 from modelfleet.agent._runtime import Array
+from modelfleet.agent._scores import ScoreReader
 from modelfleet.bundle import FeatureHistogram, Head, Manifest, TensorSpec
 from modelfleet.errors import IncompatibleError, ManifestError
 from modelfleet.telemetry import SummaryLayout
 
-__all__ = ["Scores", "check_inputs", "check_same_contract", "layout_of", "read_scores"]
+__all__ = ["check_inputs", "check_same_contract", "layout_of", "score_reader"]
 
 _STRING_KINDS = frozenset({"U", "O"})
 
@@ -169,60 +167,6 @@ def _dtype(name: str) -> np.dtype[np.generic]:
     return np.dtype(name)
 
 
-class Scores(NamedTuple):
-    """A classifier's answer per row: top-1 class and its confidence in [0, 1] (made on every call: a tuple).
-
-    ``row`` repeats a one-row answer as plain ``(confidence, class)`` numbers, for the summarizer's one-row
-    call; ``None`` for a batch.
-    """
-
-    top1: npt.NDArray[np.int64]
-    confidence: npt.NDArray[np.float64]
-    row: tuple[float, int] | None = None
-
-
-def read_scores(head: Head, outputs: Mapping[str, Array], rows: int) -> Scores:
-    """Read top-1 class and confidence from the scores output, as the builder read them.
-
-    Raises:
-        ValueError: the scores output is missing, has the wrong shape, or holds NaN or infinity.
-    """
-    raw = outputs.get(head.scores_output)
-    if raw is None or raw.shape != (rows, head.n_classes):
-        shape = None if raw is None else list(raw.shape)
-        msg = f"scores output {head.scores_output!r} must be [{rows}, {head.n_classes}], got {shape}"
-        raise ValueError(msg)
-    if rows == 1 and head.scores != "logits":
-        return _one_row_probabilities(head, raw)
-    scores = raw.astype(np.float64)
-    if not np.isfinite(scores).all():
-        msg = f"scores output {head.scores_output!r} holds NaN or infinite values"
-        raise ValueError(msg)
-    return Scores(top1=scores.argmax(axis=1).astype(np.int64), confidence=_confidence(head, scores))
-
-
-def _one_row_probabilities(head: Head, raw: Array) -> Scores:
-    """One row of probabilities in plain Python numbers: the same answer as the batch path, fewer numpy calls.
-
-    A device mostly answers one row at a time, right after an inference has evicted the caches, where
-    every numpy call costs microseconds.
-    """
-    values = raw[0].tolist()  # Python floats (ints for an integer output: the arrays below convert)
-    if not all(map(math.isfinite, values)):
-        msg = f"scores output {head.scores_output!r} holds NaN or infinite values"
-        raise ValueError(msg)
-    top = max(values)  # the first of equal maxima, as argmax picks
-    predicted, confidence = values.index(top), min(max(float(top), 0.0), 1.0)
-    return Scores(
-        top1=np.array([predicted], dtype=np.int64),
-        confidence=np.array([confidence], dtype=np.float64),
-        row=(confidence, predicted),
-    )
-
-
-def _confidence(head: Head, scores: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
-    """Top-1 probability per row: the largest softmax of logits, or the largest probability clipped to [0, 1]."""
-    top = scores.max(axis=1)
-    if head.scores == "logits":
-        return np.asarray(1.0 / np.exp(scores - top[:, None]).sum(axis=1), dtype=np.float64)
-    return np.asarray(np.clip(top, 0.0, 1.0), dtype=np.float64)  # INT8 probabilities may overshoot 1 by a quantum
+def score_reader(head: Head) -> ScoreReader:
+    """How to read the answer of a model with this head (top-1 class and confidence), in or out of process."""
+    return ScoreReader(output=head.scores_output, n_classes=head.n_classes, logits=head.scores == "logits")

@@ -21,6 +21,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from modelfleet.agent._runtime import Array, OnnxRuntime, RuntimeConfig, RuntimeFactory
+from modelfleet.agent._scores import ScoreReader
 from modelfleet.agent._worker import EventSink, Outcome
 from modelfleet.errors import ConfigError, IncompatibleError
 
@@ -88,6 +89,8 @@ class InlineWorker:
         runtime: must make an :class:`~modelfleet.agent.OnnxRuntime` (the bound needs its terminate flag).
         on_event: accepted for the same signature; an inline worker has no restarts to report.
         name: how logs and thread names call the model.
+        reader: reads a one-row answer after the inference (``Outcome.row``); an answer it refuses is an
+            ``error`` outcome.
 
     Raises:
         ConfigError: ``bad_setting`` when ``runtime`` does not make an ``OnnxRuntime``.
@@ -105,6 +108,7 @@ class InlineWorker:
         runtime: RuntimeFactory = OnnxRuntime,
         on_event: EventSink | None = None,  # noqa: ARG002 - the same signature as InferenceWorker
         name: str = "model",
+        reader: ScoreReader | None = None,
     ) -> None:
         engine = runtime(config)
         if not isinstance(engine, OnnxRuntime):
@@ -117,6 +121,7 @@ class InlineWorker:
             raise IncompatibleError(msg, code="model_load_failed") from None
         self._engine = engine
         self._config = config
+        self._reader = reader
         self._watchdog = _Watchdog(config.timeout_s / 4, name)
         self._closed = False
 
@@ -134,7 +139,12 @@ class InlineWorker:
             return Outcome(None, "error", f"{type(exc).__name__}: {exc}")
         finally:
             self._watchdog.end(options)
-        return Outcome(outputs)
+        if self._reader is None:
+            return Outcome(outputs)
+        try:
+            return Outcome(outputs, None, "", self._reader.row(outputs, len(next(iter(inputs.values())))))
+        except ValueError as exc:  # an answer the contract refuses
+            return Outcome(None, "error", str(exc))
 
     def wait_ready(self, timeout_s: float) -> bool:  # noqa: ARG002 - the same signature as InferenceWorker
         """Always ready once constructed (until closed)."""

@@ -23,11 +23,12 @@ import numpy as np
 import numpy.typing as npt
 
 from modelfleet._closing import Closeable
-from modelfleet.agent._contract import Scores, check_inputs, check_same_contract, layout_of, read_scores
+from modelfleet.agent._contract import check_inputs, check_same_contract, layout_of, score_reader
 from modelfleet.agent._events import EventLog
 from modelfleet.agent._inline import InlineWorker
 from modelfleet.agent._modes import ShadowJob, ShadowRunner, time_slice_choice
 from modelfleet.agent._runtime import Array, OnnxRuntime, RuntimeConfig, RuntimeFactory
+from modelfleet.agent._scores import ScoreReader, Scores
 from modelfleet.agent._worker import FailureKind, InferenceWorker, WorkerEventKind
 from modelfleet.bundle import Manifest
 from modelfleet.clock import Clock, SystemClock
@@ -94,27 +95,35 @@ class _Version:
         self.version = installed.manifest.version
         self.role = role
         self.layout = layout_of(self.manifest)
-        self._head = self.manifest.contract.head
         self.name = f"{self.manifest.name}-{self.version}"
         self._events = context.events
+        self._reader = reader = score_reader(self.manifest.contract.head)
         worker = InlineWorker if context.config.isolation == "inline" else InferenceWorker
         self.worker: InferenceWorker | InlineWorker = worker(
-            installed.model_path, context.config, runtime=context.runtime, on_event=self._worker_event, name=self.name
+            installed.model_path,
+            context.config,
+            runtime=context.runtime,
+            on_event=self._worker_event,
+            name=self.name,
+            reader=reader,
         )
         self.summarizer = context.summarizer(self, role)
 
     def run(self, feeds: Mapping[str, Array], rows: int, timeout_s: float) -> _Run:
-        """Infer once under ``timeout_s`` and read the scores; never raises."""
+        """Infer once under ``timeout_s`` and read the scores (a one-row answer comes read); never raises."""
         started = time.perf_counter()
         outcome = self.worker.infer(feeds, timeout_s)
         latency_ms = (time.perf_counter() - started) * 1000.0
-        if outcome.outputs is None:
+        outputs, row = outcome.outputs, outcome.row
+        if outputs is None:
             return _Run({}, None, outcome.failure, outcome.detail, latency_ms)
+        if row is not None:
+            return _Run(outputs, ScoreReader.scores_of(row), None, "", latency_ms)
         try:
-            scores = read_scores(self._head, outcome.outputs, rows)
+            scores = self._reader(outputs, rows)
         except ValueError as exc:
             return _Run({}, None, "error", str(exc), latency_ms)
-        return _Run(outcome.outputs, scores, None, "", latency_ms)
+        return _Run(outputs, scores, None, "", latency_ms)
 
     def observe(
         self,

@@ -33,6 +33,7 @@ import itertools
 import logging
 import math
 import os
+import pickle
 import select
 import signal
 import socket
@@ -46,9 +47,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple, cast
 
-from modelfleet.agent._runtime import Array, OnnxRuntime, RuntimeConfig, RuntimeFactory
+from modelfleet.agent._runtime import Array, OnnxRuntime, Runtime, RuntimeConfig, RuntimeFactory
+from modelfleet.agent._scores import ScoreReader
 from modelfleet.errors import IncompatibleError
 
 __all__ = ["FailureKind", "InferenceWorker", "Outcome", "WorkerEventKind", "main", "serve"]
@@ -72,13 +74,16 @@ _Taken = Literal["taken", "handed"]
 _Refused = Literal["full", "late", "shut"]
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """The answer to one request: the outputs, or why there are none."""
+class Outcome(NamedTuple):
+    """The answer to one request: the outputs, or why there are none (made on every call: a tuple).
+
+    ``row``: a one-row answer's ``(confidence, class)``, when the worker was given a reader that reads it.
+    """
 
     outputs: dict[str, Array] | None
     failure: FailureKind | None = None
     detail: str = ""
+    row: tuple[float, int] | None = None
 
 
 class _StartError(Exception):
@@ -193,9 +198,12 @@ class _Child:
         return self.process.pid
 
     def send(self, number: int, inputs: Mapping[str, Array]) -> bool:
-        """Hand a request to the worker; ``False`` when its end of the socket is gone."""
+        """Hand a request to the worker; ``False`` when its end of the socket is gone.
+
+        A plain pickle: ``Connection.send``'s pickler (it can pass sockets and locks) takes longer to make.
+        """
         try:
-            self.connection.send((number, inputs))
+            self.connection.send_bytes(pickle.dumps((number, inputs), pickle.HIGHEST_PROTOCOL))
         except OSError:
             return False
         return True
@@ -256,6 +264,8 @@ class InferenceWorker:
         runtime: makes the runtime inside the worker (picklable).
         on_event: told about restarts and crash loops (kind, reason, detail); called from the recovery thread.
         name: how logs and thread names call the model.
+        reader: reads a one-row answer in the worker, right after the inference (``Outcome.row``); an
+            answer it refuses is an ``error`` outcome.
 
     Raises:
         IncompatibleError: ``model_load_failed`` when the worker cannot start or load the model.
@@ -269,10 +279,12 @@ class InferenceWorker:
         runtime: RuntimeFactory = OnnxRuntime,
         on_event: EventSink | None = None,
         name: str = "model",
+        reader: ScoreReader | None = None,
     ) -> None:
         self._model_path = model_path
         self._config = config
         self._runtime = runtime
+        self._reader = reader
         self._on_event = on_event
         self._name = name
         self._turn = _Turn(config.max_queue)
@@ -390,8 +402,7 @@ class InferenceWorker:
             detail = "the worker died during the inference"
             return Outcome(None, "crashed", detail), _Recovery(detail)
         if answer is not None:
-            status, payload = answer
-            return (Outcome(payload) if status == "ok" else Outcome(None, "error", str(payload))), None
+            return _answered(*answer), None
         reason = f"an inference ran longer than {bound} s"
         if time.monotonic() < until:  # the caller spent part of its bound in line: the run may still end in its own
             detail = f"no answer within {bound} s, part of it spent waiting for the worker"
@@ -500,7 +511,7 @@ class InferenceWorker:
         if self._closed:  # close() looked before this start was recorded
             process.kill()
         try:
-            child.connection.send((self._runtime, self._model_path, self._config))
+            child.connection.send((self._runtime, self._model_path, self._config, self._reader))
             ready = wait([child.connection], self._config.start_timeout_s)
             status, payload = child.connection.recv() if ready else ("late", None)
         except (EOFError, OSError):
@@ -527,6 +538,14 @@ class InferenceWorker:
         return child.kill()
 
 
+def _answered(status: str, payload: object) -> Outcome:
+    """The outcome of an answer from the worker: ``ok`` with the outputs (and a one-row answer), or ``error``."""
+    if status == "ok":
+        outputs, row = cast("tuple[dict[str, Array], tuple[float, int] | None]", payload)
+        return Outcome(outputs, None, "", row)
+    return Outcome(None, "error", str(payload))
+
+
 def _gone(child: _Child | None) -> str:
     """Why a worker did not take a request."""
     if child is None:
@@ -544,13 +563,19 @@ def main(fd: int) -> None:
     _exit_with_parent()
     connection = Connection(fd)
     try:
-        runtime, model_path, config = connection.recv()
+        runtime, model_path, config, reader = connection.recv()
     except (EOFError, OSError):
         return
-    serve(connection, runtime, model_path, config)
+    serve(connection, runtime, model_path, config, reader)
 
 
-def serve(connection: Connection, runtime: RuntimeFactory, model_path: Path, config: RuntimeConfig) -> None:
+def serve(
+    connection: Connection,
+    runtime: RuntimeFactory,
+    model_path: Path,
+    config: RuntimeConfig,
+    reader: ScoreReader | None = None,
+) -> None:
     """Place this process, load the model, then answer requests until told to stop or the parent goes away."""
     try:
         _place(config)
@@ -563,12 +588,23 @@ def serve(connection: Connection, runtime: RuntimeFactory, model_path: Path, con
     try:
         while (message := _receive(connection)) is not None:
             number, inputs = message
-            try:
-                connection.send((number, "ok", engine.run(inputs)))
-            except Exception as exc:  # noqa: BLE001 - the runtime's error goes back to the caller as text
-                connection.send((number, "error", f"{type(exc).__name__}: {exc}"))
+            connection.send_bytes(pickle.dumps((number, *_answer(engine, reader, inputs)), pickle.HIGHEST_PROTOCOL))
     finally:
         engine.close()
+
+
+def _answer(engine: Runtime, reader: ScoreReader | None, inputs: Mapping[str, Array]) -> tuple[str, object]:
+    """``ok`` and the outputs with a one-row answer's plain scores, or ``error`` and why."""
+    try:
+        outputs = engine.run(inputs)
+    except Exception as exc:  # noqa: BLE001 - the runtime's error goes back to the caller as text
+        return "error", f"{type(exc).__name__}: {exc}"
+    if reader is None:
+        return "ok", (outputs, None)
+    try:
+        return "ok", (outputs, reader.row(outputs, len(next(iter(inputs.values())))))
+    except ValueError as exc:  # an answer the contract refuses: the caller gets an error outcome
+        return "error", str(exc)
 
 
 def _receive(connection: Connection) -> tuple[int, Mapping[str, Array]] | None:

@@ -21,6 +21,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    StrictInt,
     model_serializer,
     model_validator,
 )
@@ -32,6 +33,8 @@ __all__ = [
     "ENROLL_CONTEXT",
     "EXPERIMENT_MODES",
     "MAX_BATCH",
+    "MAX_DELTA_FORMATS",
+    "UNREPORTED_DELTA_FORMATS",
     "WAKE_QOS",
     "Artifact",
     "Candidate",
@@ -73,6 +76,10 @@ Mode = Literal["active", "shadow", "time_slice"]
 EXPERIMENT_MODES: tuple[Mode, ...] = ("active", "shadow", "time_slice")
 """What an agent of this release runs, reported per installed model (ADR 0003, addendum)."""
 
+UNREPORTED_DELTA_FORMATS: tuple[int, ...] = (1,)
+"""The delta formats the server assumes of an agent that reports none: format 1 (ADR 0010, addendum)."""
+MAX_DELTA_FORMATS = 16
+
 
 def ed25519_public_key(value: str) -> str:
     """Validate a base64 raw Ed25519 public key (32 bytes); return it unchanged."""
@@ -87,16 +94,30 @@ def ed25519_public_key(value: str) -> str:
     return value
 
 
-def _at_most(limit: int) -> BeforeValidator:
+def _at_most(limit: int, what: str = "items per batch") -> BeforeValidator:
     """Refuse an oversized array before pydantic validates each item (bounded work per request)."""
 
     def check(value: object) -> object:
         if isinstance(value, list | tuple) and len(value) > limit:
-            msg = f"at most {limit} items per batch, got {len(value)}"
+            msg = f"at most {limit} {what}, got {len(value)}"
             raise ValueError(msg)
         return value
 
     return BeforeValidator(check)
+
+
+def _distinct(values: tuple[int, ...]) -> tuple[int, ...]:
+    if len(set(values)) != len(values):
+        msg = f"each version at most once, got {list(values)}"
+        raise ValueError(msg)
+    return values
+
+
+_DeltaFormats = Annotated[
+    tuple[Annotated[StrictInt, Field(ge=1, le=255)], ...],  # the .mfd header's version byte
+    _at_most(MAX_DELTA_FORMATS, "delta format versions"),
+    AfterValidator(_distinct),
+]
 
 
 class _Wire(BaseModel):
@@ -135,7 +156,12 @@ class EnrollResponse(_Wire):
 
 
 class InstalledModel(_Wire):
-    """What a device runs (or is installing) for one model."""
+    """What a device runs (or is installing) for one model, and what the agent can do with it.
+
+    ``modes``: the experiment kinds the agent runs beside it (ADR 0003, addendum).
+    ``delta_formats``: the ``.mfd`` format versions the agent applies to it; the server offers
+    a delta only in one of them, none when the list is empty (ADR 0010, addendum).
+    """
 
     model: str = Field(pattern=_NAME)
     version: str | None = Field(default=None, max_length=128)
@@ -143,13 +169,16 @@ class InstalledModel(_Wire):
     state: InstallState = "idle"
     previous_version: str | None = Field(default=None, max_length=128)
     modes: tuple[Mode, ...] = Field(default=("active",), max_length=3)
+    delta_formats: _DeltaFormats = Field(default=UNREPORTED_DELTA_FORMATS, max_length=MAX_DELTA_FORMATS)
 
     @model_serializer(mode="wrap")
-    def _omit_default_modes(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
-        """An agent that runs only ``active`` reports what agents before the field reported, byte for byte."""
+    def _omit_defaults(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        """An agent that runs only ``active`` and reads delta format 1 only reports what agents before these did."""
         data: dict[str, object] = handler(self)
         if self.modes == ("active",):
             data.pop("modes", None)
+        if self.delta_formats == UNREPORTED_DELTA_FORMATS:
+            data.pop("delta_formats", None)
         return data
 
 

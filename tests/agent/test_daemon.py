@@ -41,11 +41,12 @@ from modelfleet.agent import (
     agent_status,
 )
 from modelfleet.bundle import BuildOptions, DeviceProfile, PublicKey, SigningKey, ValidationSet, build_bundle
+from modelfleet.bundle.delta import read_delta_header
 from modelfleet.protocol import CheckinRequest
 from modelfleet.server import ServerConfig, create_app, init_server, load_server_config
 from modelfleet.server._deltas import DeltaSettings
 from modelfleet.sim import ModelCase
-from modelfleet.sim.models import trap_classifier
+from modelfleet.sim.models import fine_tuned, trap_classifier
 from modelfleet.telemetry import Summary
 
 MODEL = "digits"
@@ -605,3 +606,66 @@ def test_a_device_installs_by_delta_once_the_fleet_asked_for_it(
 
 def checkin_of(agent: Agent) -> CheckinRequest:
     return CheckinRequest(inventory=agent.profile, installed=tuple(agent.installed()))
+
+
+@pytest.fixture(scope="module")
+def tuned(signed: SignedBundles, digits_case: ModelCase, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """digits 1.2.0 (release 3): 1.0.0's weights fine-tuned, so the tensor codec wins its delta from 1.0.0."""
+    directory = tmp_path_factory.mktemp("tuned")
+    validation = ValidationSet(inputs={"X": digits_case.x_val}, labels=digits_case.y_val)
+    out = directory / "digits-1.2.0.mfb"
+    options = BuildOptions(name=MODEL, version="1.2.0", release=3, golden_count=4)
+    model = fine_tuned(digits_case.path, directory / "tuned.onnx")
+    build_bundle(model, validation, [SigningKey.from_file(signed.signing_key)], out, options)
+    return out
+
+
+# the delta formats the agent reads (None: this agent's own) -> the format of the delta it is offered (ADR 0010)
+AGENT_FORMATS = {"an agent from before format 2": ((1,), 1), "this agent": (None, 2)}
+
+
+@pytest.fixture(params=AGENT_FORMATS)
+def agent_formats(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> tuple[tuple[int, ...], int]:
+    """The formats the agent reports and the format it should be offered."""
+    reads, offered = AGENT_FORMATS[request.param]
+    if reads is None:
+        return (1, 2), offered
+    # An older agent cannot run beside this one: this agent's own code with its list cut plays it,
+    # reporting those formats and refusing the others when it applies a delta.
+    monkeypatch.setattr("modelfleet.agent._daemon.DELTA_READABLE_VERSIONS", reads)
+    monkeypatch.setattr("modelfleet.bundle._delta_format.READABLE_VERSIONS", reads)
+    return reads, offered
+
+
+def test_an_agent_is_offered_a_delta_in_the_newest_format_it_reads_and_installs_by_it(
+    tmp_path: Path,
+    signed: SignedBundles,
+    tuned: Path,
+    device: DeviceProfile,
+    agent_formats: tuple[tuple[int, ...], int],
+) -> None:
+    reads, offered = agent_formats
+    live = LiveServer(tmp_path / "server", signed.trusted_key)
+    live.config = live.config.model_copy(update={"deltas": DeltaSettings(check_seconds=0.1, recheck_seconds=0)})
+    live.start()
+    try:
+        live.push(signed.versions["1.0.0"])
+        live.push(tuned)
+        live.pin("1.0.0")
+        with make_agent(tmp_path / "agent", live, device, live.enrollment_token()) as agent:
+            assert agent.step().ok
+            assert checkin_of(agent).installed[0].delta_formats == reads
+            live.pin("1.2.0")
+            deadline = time.monotonic() + 60
+            while (delta := agent.client.checkin(checkin_of(agent), None).desired[0].delta) is None:
+                assert time.monotonic() < deadline, "the delta was not built within 60 s"
+                time.sleep(0.1)
+            fetched = httpx.get(delta.url, headers={"Authorization": f"Bearer {agent.client.credential}"})
+            assert read_delta_header(fetched.content).format_version == offered
+            assert agent.step().ok
+            assert [m.version for m in agent.installed()] == ["1.2.0"]
+            assert agent.step().ok  # sends the install events
+        (installed,) = [e["detail"] for e in live.events() if e["kind"] == "installed" and e["version"] == "1.2.0"]
+        assert installed["delivery"] == "delta", installed.get("delta_refused")
+    finally:
+        live.close()

@@ -1,6 +1,7 @@
 """Enrollment proofs bind the device id, key, time and token; wire models forbid surprises."""
 
 import base64
+import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -9,6 +10,8 @@ from pydantic import ValidationError
 from modelfleet.bundle import DeviceProfile, SigningKey
 from modelfleet.protocol import (
     MAX_BATCH,
+    MAX_DELTA_FORMATS,
+    UNREPORTED_DELTA_FORMATS,
     Artifact,
     DesiredModel,
     EnrollRequest,
@@ -82,6 +85,44 @@ def test_an_answer_without_a_candidate_is_the_bytes_it_was_before_the_field():
     assert desired.model_dump_json() == OLD_ANSWER
     assert DesiredModel.model_validate_json(OLD_ANSWER) == desired
     assert "modes" not in InstalledModel(model="digits").model_dump(mode="json")
+
+
+OLD_REPORT = '{"model":"digits","version":"1.0.0","release":1,"state":"committed","previous_version":null}'
+
+
+def test_an_agent_that_reads_delta_format_1_only_reports_the_bytes_agents_sent_before_the_field():
+    report = InstalledModel(model="digits", version="1.0.0", release=1, state="committed", delta_formats=(1,))
+    assert report.model_dump_json() == OLD_REPORT
+    assert InstalledModel.model_validate_json(OLD_REPORT).delta_formats == UNREPORTED_DELTA_FORMATS == (1,)
+    newer = report.model_copy(update={"delta_formats": (1, 2)})
+    assert json.loads(newer.model_dump_json())["delta_formats"] == [1, 2]
+
+
+# delta_formats as sent -> what the refusal says
+BAD_DELTA_FORMATS = {
+    "zero": ([0], "greater than or equal to 1"),
+    "past the header's byte": ([256], "less than or equal to 255"),
+    "a string": (["1"], "valid integer"),
+    "a float": ([2.0], "valid integer"),
+    "a boolean": ([True], "valid integer"),
+    "repeated": ([2, 2], "each version at most once"),
+    "too many": (list(range(1, MAX_DELTA_FORMATS + 2)), f"at most {MAX_DELTA_FORMATS} delta format versions"),
+    "not a list": ("1,2", "valid array"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_DELTA_FORMATS)
+def test_reported_delta_formats_are_bounded_positive_and_distinct(case):
+    value, says = BAD_DELTA_FORMATS[case]
+    with pytest.raises(ValidationError, match=says) as caught:
+        InstalledModel.model_validate_json(json.dumps({"model": "digits", "delta_formats": value}))
+    assert caught.value.error_count() == 1
+
+
+def test_an_oversized_format_list_is_refused_before_its_items_are_validated():
+    with pytest.raises(ValidationError) as caught:
+        InstalledModel.model_validate({"model": "digits", "delta_formats": ["x"] * 100_000})
+    assert caught.value.error_count() == 1
 
 
 @pytest.mark.parametrize(

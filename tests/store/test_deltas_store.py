@@ -1,4 +1,4 @@
-"""The deltas table: a pair is requested once, claimed by one builder, taken over when its builder died."""
+"""The deltas table: a delta is requested once, claimed by one builder, taken over when its builder died."""
 
 from datetime import UTC, datetime, timedelta
 
@@ -20,51 +20,64 @@ from modelfleet.telemetry import Event
 
 T0 = datetime(2026, 12, 7, 12, 0, tzinfo=UTC)
 BASE, TARGET, BLOB = "a" * 64, "b" * 64, "c" * 64
-PAIR = (BASE, TARGET)
+KEY = (BASE, TARGET, 2)
 
 
 def test_a_pair_is_requested_once(engine):
     with write_transaction(engine) as connection:
-        assert request_delta(connection, BASE, TARGET, 1000, T0)
-        assert not request_delta(connection, BASE, TARGET, 1000, T0 + timedelta(seconds=1))
-        record = find_deltas(connection, [PAIR, ("d" * 64, TARGET)])
-    assert list(record) == [PAIR]
-    assert record[PAIR].status == "requested"
-    assert record[PAIR].target_size == 1000
+        assert request_delta(connection, KEY, 1000, T0)
+        assert not request_delta(connection, KEY, 1000, T0 + timedelta(seconds=1))
+        record = find_deltas(connection, [KEY, ("d" * 64, TARGET, 2), (BASE, TARGET, 1)])
+    assert list(record) == [KEY]
+    assert record[KEY].status == "requested"
+    assert record[KEY].target_size == 1000
+
+
+def test_each_format_of_a_pair_is_its_own_delta(engine):
+    format_1 = (BASE, TARGET, 1)
+    with write_transaction(engine) as connection:
+        assert request_delta(connection, KEY, 1000, T0)
+        assert request_delta(connection, format_1, 1000, T0)
+        assert claim_delta(connection, format_1, T0, stale_before=T0)
+        finish_delta(connection, format_1, status="ready", now=T0, sha256=BLOB, size=99, codec="tensor")
+        found = find_deltas(connection, [KEY, format_1])
+    assert {key: record.status for key, record in found.items()} == {KEY: "requested", format_1: "ready"}
 
 
 def test_only_one_builder_claims_a_pair(engine):
     with write_transaction(engine) as connection:
-        request_delta(connection, BASE, TARGET, 1000, T0)
-        first = claim_delta(connection, BASE, TARGET, T0, stale_before=T0 - timedelta(minutes=10))
-        second = claim_delta(connection, BASE, TARGET, T0, stale_before=T0 - timedelta(minutes=10))
+        request_delta(connection, KEY, 1000, T0)
+        first = claim_delta(connection, KEY, T0, stale_before=T0 - timedelta(minutes=10))
+        second = claim_delta(connection, KEY, T0, stale_before=T0 - timedelta(minutes=10))
     assert (first, second) == (True, False)
 
 
 def test_a_claim_whose_builder_died_is_taken_over(engine):
     with write_transaction(engine) as connection:
-        request_delta(connection, BASE, TARGET, 1000, T0)
-        claim_delta(connection, BASE, TARGET, T0, stale_before=T0 - timedelta(minutes=10))
+        request_delta(connection, KEY, 1000, T0)
+        claim_delta(connection, KEY, T0, stale_before=T0 - timedelta(minutes=10))
         later = T0 + timedelta(minutes=11)
-        assert claim_delta(connection, BASE, TARGET, later, stale_before=later - timedelta(minutes=10))
+        assert claim_delta(connection, KEY, later, stale_before=later - timedelta(minutes=10))
 
 
 def test_a_finished_pair_is_not_claimed_again_and_ready_blobs_are_found_by_sha(engine):
     with write_transaction(engine) as connection:
-        request_delta(connection, BASE, TARGET, 1000, T0)
-        claim_delta(connection, BASE, TARGET, T0, stale_before=T0)
-        finish_delta(connection, BASE, TARGET, status="ready", now=T0, sha256=BLOB, size=99, codec="tensor")
+        request_delta(connection, KEY, 1000, T0)
+        claim_delta(connection, KEY, T0, stale_before=T0)
+        finish_delta(connection, KEY, status="ready", now=T0, sha256=BLOB, size=99, codec="tensor")
         later = T0 + timedelta(days=1)
-        assert not claim_delta(connection, BASE, TARGET, later, stale_before=later)
+        assert not claim_delta(connection, KEY, later, stale_before=later)
         found = delta_by_sha256(connection, BLOB)
-    assert [(d.base_sha256, d.target_sha256, d.size, d.codec) for d in found] == [(BASE, TARGET, 99, "tensor")]
+    assert [(d.base_sha256, d.target_sha256, d.format_version, d.size, d.codec) for d in found] == [
+        (BASE, TARGET, 2, 99, "tensor")
+    ]
 
 
 def test_failed_and_skipped_pairs_keep_their_reason_and_are_not_served(engine):
     with write_transaction(engine) as connection:
-        request_delta(connection, BASE, TARGET, 1000, T0)
-        finish_delta(connection, BASE, TARGET, status="failed", now=T0, reason="x" * 5000)
-        record = find_deltas(connection, [PAIR])[PAIR]
+        request_delta(connection, KEY, 1000, T0)
+        finish_delta(connection, KEY, status="failed", now=T0, reason="x" * 5000)
+        record = find_deltas(connection, [KEY])[KEY]
         assert delta_by_sha256(connection, BLOB) == []
     assert record.status == "failed"
     assert record.reason == "x" * 1024

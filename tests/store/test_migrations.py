@@ -286,3 +286,41 @@ def test_sqlite_foreign_keys_are_on_again_after_a_migration(tmp_path):
     with engine.connect() as connection:  # the pool's only connection: the one that migrated
         assert connection.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
     engine.dispose()
+
+
+# --- data carried across revisions ----------------------------------------------------------
+
+DELTA_ROW = (
+    "INSERT INTO deltas (base_sha256, target_sha256, {extra}status, sha256, size, target_size, codec, requested_at) "
+    "VALUES ('{base}', '{target}', {value}'ready', '{blob}', 10, 100, 'tensor', CURRENT_TIMESTAMP)"
+)
+
+
+def insert_delta(engine, *, format_version=None, blob="c" * 64):
+    extra, value = ("format_version, ", f"{format_version}, ") if format_version is not None else ("", "")
+    row = DELTA_ROW.format(extra=extra, value=value, base="a" * 64, target="b" * 64, blob=blob)
+    with connect(engine) as connection, connection.begin():
+        connection.execute(text(row))
+
+
+def delta_rows(engine):
+    keyed = "format_version" in delta_columns(engine)
+    query = "SELECT format_version, sha256 FROM deltas" if keyed else "SELECT NULL, sha256 FROM deltas"
+    with connect(engine) as connection:
+        return sorted(tuple(row) for row in connection.execute(text(query)))
+
+
+def delta_columns(engine):
+    return {column["name"] for column in inspect(engine).get_columns("deltas")}
+
+
+def test_deltas_built_before_formats_were_kept_apart_are_format_2_and_a_downgrade_keeps_the_newest(empty_engine):
+    upgrade(empty_engine, "0005_event_keys")
+    insert_delta(empty_engine)
+    upgrade(empty_engine, "0006_delta_formats")
+    assert delta_rows(empty_engine) == [(2, "c" * 64)], "built with the encoder's default, format 2"
+    insert_delta(empty_engine, format_version=1, blob="d" * 64)
+    assert delta_rows(empty_engine) == [(1, "d" * 64), (2, "c" * 64)]
+    downgrade(empty_engine, "0005_event_keys")
+    assert "format_version" not in delta_columns(empty_engine)
+    assert delta_rows(empty_engine) == [(None, "c" * 64)], "one row per pair again: the newest format's"

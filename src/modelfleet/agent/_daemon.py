@@ -59,7 +59,7 @@ from modelfleet.agent._journal import JournalFile
 from modelfleet.agent._outbox import Outbox, OutboxKind
 from modelfleet.agent._slots import CANDIDATE, CURRENT, PREVIOUS, SlotStore
 from modelfleet.agent._wake import WakeListener
-from modelfleet.bundle import DeviceProfile, PublicKey, TrustedKeys
+from modelfleet.bundle import DELTA_READABLE_VERSIONS, DeviceProfile, PublicKey, TrustedKeys
 from modelfleet.clock import Clock, SystemClock
 from modelfleet.config import ProxySettings
 from modelfleet.errors import BadDataError, ConfigError, ModelfleetError, PermissionDeniedError, TransportError
@@ -611,7 +611,10 @@ class Agent(Closeable):
 
 
 def installed_models(slots: SlotStore) -> list[InstalledModel]:
-    """Per model: the current version and release, the journal state, the previous version."""
+    """Per model: the current version and release, the journal state, the previous version, what the agent runs.
+
+    ``delta_formats`` are the delta formats this agent applies, so the server offers no delta it would refuse.
+    """
     models = []
     for model in slots.models():
         journal = JournalFile(slots.model_dir(model) / "journal.json").load()
@@ -625,6 +628,7 @@ def installed_models(slots: SlotStore) -> list[InstalledModel]:
                 state=journal.state.value if journal else "idle",
                 previous_version=previous.rsplit("-", 1)[0] if previous else None,
                 modes=EXPERIMENT_MODES,
+                delta_formats=DELTA_READABLE_VERSIONS,
             )
         )
     return models

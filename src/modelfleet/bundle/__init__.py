@@ -3,7 +3,9 @@
 Pure verification lives here and does no network I/O; the agent and the server
 wrap it with their own I/O and policies. The builder and validation sets (numpy,
 ONNX, ONNX Runtime) load on first use (PEP 562), so a device that only verifies,
-reads manifests and checks compatibility never imports them.
+reads manifests and checks compatibility never imports them. The delta codec is
+``modelfleet.bundle.delta``; only its format versions are named here, for the
+agent's check-in report and the server's choice of format (ADR 0010).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from modelfleet.bundle._compat import (
     require_compatible,
 )
 from modelfleet.bundle._container import BundleHeader, VerifiedBundle, read_bundle, read_header, write_bundle
+from modelfleet.bundle._delta_format import READABLE_VERSIONS as DELTA_READABLE_VERSIONS
+from modelfleet.bundle._delta_format import written_version as delta_written_version
 from modelfleet.bundle._manifest import (
     BUNDLE_FORMAT,
     Behaviour,
@@ -76,6 +80,7 @@ _LAZY = {
 
 __all__ = [
     "BUNDLE_FORMAT",
+    "DELTA_READABLE_VERSIONS",
     "SIGNATURE_FORMAT",
     "SIGNING_CONTEXT",
     "AppContract",
@@ -118,6 +123,7 @@ __all__ = [
     "build_bundle",
     "canonical_bytes",
     "check_compatibility",
+    "delta_written_version",
     "load_validation_set",
     "parse_canonical",
     "parse_envelope",

@@ -14,7 +14,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from modelfleet.bundle._delta_format import DELTA_FORMAT_VERSION, READABLE_VERSIONS, DeltaCodec, DeltaHeader, varint
+from modelfleet.bundle._delta_format import (
+    DELTA_FORMAT_VERSION,
+    READABLE_VERSIONS,
+    DeltaCodec,
+    DeltaHeader,
+    varint,
+    written_version,
+)
 from modelfleet.bundle._delta_generic import bsdiff4_encode, zstd_prefix_encode
 from modelfleet.bundle._delta_onnx import TensorSpan
 from modelfleet.bundle._delta_plan import BaseSpan, Plan, TargetSpan, bundle_spans, kind_of
@@ -144,11 +151,6 @@ def _candidates(base: bytes, target: bytes, options: DeltaOptions) -> dict[Delta
     return bodies
 
 
-def _version(codec: DeltaCodec, options: DeltaOptions) -> int:
-    """The format version a codec's body is written in: only the tensor codec changed in version 2."""
-    return options.format_version if codec is DeltaCodec.TENSOR else 1
-
-
 def _verifies(base: bytes, data: bytes) -> bool:
     from modelfleet.bundle._delta_apply import apply  # noqa: PLC0415 - apply imports nothing of encode; avoid a cycle
 
@@ -179,7 +181,7 @@ def encode(base: bytes | Path, target: bytes | Path, *, options: DeltaOptions | 
     if not bodies:
         bodies[DeltaCodec.ZSTD] = zstd_prefix_encode(old, new, options.level)
     identity = (hashlib.sha256(old).hexdigest(), len(old), hashlib.sha256(new).hexdigest(), len(new))
-    headers = {codec: DeltaHeader(*identity, codec, _version(codec, options)) for codec in bodies}
+    headers = {codec: DeltaHeader(*identity, codec, written_version(codec, options.format_version)) for codec in bodies}
     files = {codec: headers[codec].to_bytes() + body for codec, body in bodies.items()}
     sizes = {codec: len(data) for codec, data in files.items()}
     for codec in sorted(files, key=lambda c: sizes[c]):

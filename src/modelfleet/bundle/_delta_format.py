@@ -26,6 +26,7 @@ __all__ = [
     "ReadBuffer",
     "read_delta_header",
     "varint",
+    "written_version",
 ]
 
 DELTA_MAGIC = b"\x89MFD"
@@ -73,6 +74,15 @@ class DeltaHeader:
     def length(self) -> int:
         """Bytes the header takes at the start of the delta file."""
         return len(self.to_bytes())
+
+
+def written_version(codec: DeltaCodec | str, format_version: int) -> int:
+    """The header version of a delta encoded with ``format_version``: only the tensor codec's body changed in 2.
+
+    Generic deltas stay version 1 whatever was asked (ADR 0009), so every reader applies them;
+    the server checks this before it offers a built delta to a device (ADR 0010).
+    """
+    return format_version if codec == DeltaCodec.TENSOR else 1
 
 
 _CODEC_IDS = {DeltaCodec.TENSOR: 1, DeltaCodec.ZSTD: 2, DeltaCodec.BSDIFF4: 3}

@@ -21,7 +21,7 @@ import numpy.typing as npt
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["ModelCase", "digits_mlp", "large_matmul", "tiny_cnn", "trap_classifier"]
+__all__ = ["ModelCase", "digits_mlp", "fine_tuned", "large_matmul", "tiny_cnn", "trap_classifier"]
 
 _OPSET = 17
 _CHUNK_VALUES = 1 << 18  # float32 values generated and written at a time: 1 MiB
@@ -252,6 +252,27 @@ def large_matmul(
         )
     x_val = data_rng.standard_normal((rows, features), dtype=np.float32)
     return ModelCase(path=path, x_val=x_val, y_val=None, labels=_class_names(classes))
+
+
+# ------------------------------------------------------------------ fine-tuned release
+
+
+def fine_tuned(source: Path, path: Path, *, scale: float = 0.01, seed: int = 0) -> Path:
+    """Write the model at ``source`` with every float32 weight moved by N(0, ``scale`` x its std) to ``path``.
+
+    What a fine-tune does to a model: the next release in delta tests, the same tensors
+    with new values, whose delta the tensor codec wins over generic ones (ADR 0009). The
+    model's validation data still fits it.
+    """
+    model = onnx.load(source)
+    rng = np.random.default_rng(seed)
+    for tensor in model.graph.initializer:
+        values = numpy_helper.to_array(tensor)
+        if values.dtype == np.float32 and values.size > 1:
+            moved = values + rng.normal(0.0, scale * (float(values.std()) or 1.0), values.shape)
+            tensor.CopyFrom(numpy_helper.from_array(moved.astype(np.float32), tensor.name))
+    onnx.save(model, path)
+    return path
 
 
 # ------------------------------------------------------------------ trap classifier

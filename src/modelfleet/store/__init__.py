@@ -13,6 +13,7 @@ from modelfleet.store._audit import (
 from modelfleet.store._blobs import BlobRef, BlobStore, FilesystemBlobStore
 from modelfleet.store._deltas import (
     DeliveryTotals,
+    DeltaKey,
     DeltaRecord,
     DeltaStatus,
     bundle_file,
@@ -178,6 +179,7 @@ __all__ = [
     "BundleRow",
     "CandidateKind",
     "DeliveryTotals",
+    "DeltaKey",
     "DeltaRecord",
     "DeltaRow",
     "DeltaStatus",

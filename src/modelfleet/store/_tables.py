@@ -367,12 +367,16 @@ class ExperimentRow(Base):
 
 
 class DeltaRow(Base):
-    """A delta from one bundle to another (by sha256): requested, built, or why not (shared/DESIGN.md §9)."""
+    """A delta from one bundle to another (by sha256) in one format version: requested, built, or why not.
+
+    shared/DESIGN.md §9; ``format_version`` is the version the encoder was asked for (ADR 0010, addendum).
+    """
 
     __tablename__ = "deltas"
 
     base_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     target_sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    format_version: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
     status: Mapped[str] = mapped_column(String(16), index=True)
     sha256: Mapped[str | None] = mapped_column(String(64), index=True)
     size: Mapped[int | None] = mapped_column(BigInteger)

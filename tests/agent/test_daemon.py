@@ -39,9 +39,11 @@ from modelfleet.agent import (
     RuntimeConfig,
     SlotStore,
     agent_status,
+    backoff_delay,
 )
 from modelfleet.bundle import BuildOptions, DeviceProfile, PublicKey, SigningKey, ValidationSet, build_bundle
 from modelfleet.bundle.delta import read_delta_header
+from modelfleet.config import ProxyServer, ProxySettings
 from modelfleet.protocol import CheckinRequest
 from modelfleet.server import ServerConfig, create_app, init_server, load_server_config
 from modelfleet.server._deltas import DeltaSettings
@@ -430,6 +432,28 @@ def test_an_agent_behind_a_proxy_enrolls_and_checks_in_through_it(
     run(NO_PROXY="127.0.0.1")  # NO_PROXY applies to the saved proxy too
     assert len(forwarding_proxy.requests()) == 4
     assert agent_status(data_dir)["status"] == "accepted"
+
+
+def test_an_agent_whose_proxy_wants_other_credentials_keeps_checking_in_on_its_backoff(
+    tmp_path: Path, forwarding_proxy, device: DeviceProfile
+) -> None:
+    # Unlike the downloader, the loop does not give up on a 407: the fix comes from outside (the proxy's
+    # accounts, or `agent run --proxy`) and a try costs one small request, on the same backoff as an outage.
+    forwarding_proxy.credentials = "dev:right"
+    proxy = ProxyServer.from_url(forwarding_proxy.url_with("dev", "hunter2"))
+    pem = SigningKey.generate().public.to_pem().decode()
+    config = AgentConfig(server="http://fleet.test:8080", device_id=DEVICE, trusted_keys=(pem,))
+    settings = ProxySettings(http=proxy, https=proxy)
+    rng = random.Random(11)  # noqa: S311 - jitter
+    with Agent(tmp_path / "agent", config, profile=device, proxy=settings, rng=rng, backoff_base_s=2.0) as agent:
+        first, second = agent.step(), agent.step()
+    assert [(r.ok, r.stopped) for r in (first, second)] == [(False, False), (False, False)]
+    assert first.error is not None
+    assert f"proxy {forwarding_proxy.url} refused the request to fleet.test:8080: 407" in first.error
+    assert "hunter2" not in first.error
+    expected = random.Random(11)  # noqa: S311 - the same jitter
+    assert [first.delay_s, second.delay_s] == [backoff_delay(n, expected, 2.0, 300.0) for n in range(2)]
+    assert len(forwarding_proxy.seen) == 2, "one enrollment request per step"
 
 
 def test_run_cli_loops_until_sigterm(tmp_path: Path, live: LiveServer) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from modelfleet.agent import Downloader, DownloadPolicy, backoff_delay
+from modelfleet.agent import Downloader, DownloadPolicy, HttpClient, HttpTransport, backoff_delay
+from modelfleet.config import ProxyServer, ProxySettings
 from modelfleet.errors import BadDataError, ConfigError, TransportError
 
 DATA = bytes(range(251)) * 1045  # about 256 KiB; a prime period so a shifted range never matches
@@ -181,6 +182,45 @@ def test_server_errors_are_retried_with_backoff_until_the_bound(server, download
     assert len(server.seen("busy")) == 4
     same_seed = seeded(3)
     assert waits == [backoff_delay(n, same_seed, 0.01, 0.05) for n in range(3)]
+
+
+# ------------------------------------------------------------------ through a proxy
+
+# how the proxy refuses -> (URL scheme, proxy knobs, error code, attempts with max_retries=2)
+PROXY_REFUSALS = {
+    "407 to a tunnel": ("https", {"credentials": "dev:right"}, "proxy_auth", 1),
+    "407 to an absolute-form request": ("http", {"credentials": "dev:right"}, "proxy_auth", 1),
+    "502 to a tunnel": ("https", {"refuse": 502}, "proxy", 3),
+    "503 to a tunnel": ("https", {"refuse": 503}, "proxy", 3),
+    "504 to a tunnel": ("https", {"refuse": 504}, "proxy", 3),
+}
+
+
+@pytest.mark.parametrize("case", PROXY_REFUSALS)
+def test_a_proxy_that_wants_other_credentials_is_asked_once_and_a_failing_upstream_is_retried(
+    server, forwarding_proxy, downloads, case
+):
+    scheme, knobs, code, attempts = PROXY_REFUSALS[case]
+    server.serve("proxied", DATA)
+    forwarding_proxy.credentials = knobs.get("credentials")
+    forwarding_proxy.refuse = knobs.get("refuse")
+    proxy = ProxyServer.from_url(forwarding_proxy.url_with("dev", "hunter2"))
+    transport = HttpTransport(proxies=ProxySettings(http=proxy, https=proxy))
+    url = server.url("proxied") if scheme == "http" else "https://fleet.test/proxied"
+    waits: list[float] = []
+    with (
+        HttpClient(transport=transport) as client,
+        Downloader(policy(), client=client, rng=seeded(5), sleep=waits.append) as downloader,
+        pytest.raises(TransportError) as caught,
+    ):
+        downloader.fetch(url, downloads, sha256=SHA, size=len(DATA))
+
+    assert caught.value.code == code
+    assert len(forwarding_proxy.seen) == attempts
+    assert len(waits) == attempts - 1
+    assert f"proxy {forwarding_proxy.url} refused" in caught.value.message
+    assert "hunter2" not in str(caught.value)
+    assert server.seen("proxied") == []
 
 
 # ------------------------------------------------------------------ free space

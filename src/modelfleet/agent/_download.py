@@ -45,6 +45,7 @@ Progress = Callable[[int], None]
 """Told how many bytes of a download are on disk."""
 
 _KIB = 1024
+# Not ``proxy_auth``: a proxy that wants other credentials (407) refuses every retry the same way.
 _RETRYABLE = frozenset(
     {"connection", "connect_timeout", "proxy", "stalled", "too_slow", "short_body", "range"}
     | {"http_408", "http_429", "http_5xx"}
@@ -197,7 +198,7 @@ class Downloader(Closeable):
 
         Raises:
             TransportError: the transfer failed for good (code ``no_space``, ``deadline``,
-                ``too_slow``, ``stalled``, ``connection``, ``http_<status>`` ...).
+                ``too_slow``, ``stalled``, ``connection``, ``proxy``, ``proxy_auth``, ``http_<status>`` ...).
             BadDataError: the peer sent more bytes than declared (``oversized``), a wrong
                 ``Content-Range`` (``bad_range``), or bytes with another sha256 (``hash_mismatch``).
         """

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 
-from modelfleet.agent._http import CONNECT_TIMEOUT, PROXY, READ_TIMEOUT, TOO_LARGE, ExchangeError
+from modelfleet.agent._http import CONNECT_TIMEOUT, PROXY, PROXY_AUTH, READ_TIMEOUT, TOO_LARGE, ExchangeError
 from modelfleet.errors import TransportError
 
 __all__ = ["disk_failure", "http_failure"]
@@ -21,8 +21,10 @@ def http_failure(where: str, error: ExchangeError, *, timeout_code: str = "timeo
 
     Codes: ``connect_timeout`` (no connection within the bound), ``timeout_code`` for a
     silent peer (the downloader calls it ``stalled``), ``bad_response`` for an answer over
-    its bound, ``proxy`` when the proxy refused (a CONNECT not answered 200, a 407), ``connection``
-    for the rest (refused, reset, a body cut short, a protocol error).
+    its bound, ``proxy_auth`` when the proxy asked for credentials (407: missing or wrong, so
+    the downloader does not retry it), ``proxy`` when it refused the tunnel otherwise (a 502 for
+    an unreachable origin), ``connection`` for the rest (refused, reset, a body cut short, a
+    protocol error).
     """
     if error.code == CONNECT_TIMEOUT:
         return TransportError(f"{where}: connect timeout: {error.message}", code="connect_timeout")
@@ -30,8 +32,8 @@ def http_failure(where: str, error: ExchangeError, *, timeout_code: str = "timeo
         return TransportError(f"{where}: {timeout_code.replace('_', ' ')}: {error.message}", code=timeout_code)
     if error.code == TOO_LARGE:
         return TransportError(f"{where}: {error.message}", code="bad_response")
-    if error.code == PROXY:
-        return TransportError(f"{where}: {error.message}", code="proxy")
+    if error.code in {PROXY, PROXY_AUTH}:
+        return TransportError(f"{where}: {error.message}", code=error.code)
     return TransportError(f"{where}: connection failed: {error.message}", code="connection")
 
 

@@ -44,6 +44,7 @@ __all__ = [
     "CONNECTION",
     "CONNECT_TIMEOUT",
     "PROXY",
+    "PROXY_AUTH",
     "READ_TIMEOUT",
     "TOO_LARGE",
     "ClientTimeouts",
@@ -66,7 +67,9 @@ CONNECTION = "connection"
 TOO_LARGE = "too_large"
 """A body read whole was longer than the caller's bound."""
 PROXY = "proxy"
-"""The proxy refused the request: it answered a CONNECT with other than 200, or asked for credentials (407)."""
+"""The proxy refused the tunnel with a status other than 407 (a 502 when it cannot reach the origin)."""
+PROXY_AUTH = "proxy_auth"
+"""The proxy asked for credentials (407): the configured ones are missing or wrong, which no retry changes."""
 
 
 class ExchangeError(TransportError):
@@ -297,8 +300,7 @@ class HttpTransport(Transport):
                 raise _exchange_failure(exc) from None
             if route[1] is not None and origin[0] == "http" and raw.status == _PROXY_AUTHENTICATION_REQUIRED:
                 connection.close()  # the proxy's own answer: a tunnelled 407 would be the origin's
-                msg = f"proxy {route[1].url} refused the request to {_authority(origin)}: {raw.status} {raw.reason}"
-                raise ExchangeError(msg, code=PROXY)
+                raise _proxy_refusal(route[1], f"the request to {_authority(origin)}", f"{raw.status} {raw.reason}")
             received = {name.lower(): value for name, value in raw.getheaders()}
             return Response(raw.status, received, request.url, _Wire(raw, self._releaser(route, connection)))
 
@@ -407,12 +409,25 @@ def _connect_failure(error: BaseException, route: Route, bound: float) -> Exchan
         return ExchangeError(f"no connection to {where} within {bound:g} s", code=CONNECT_TIMEOUT)
     text = str(error)
     if proxy is not None and text.startswith(_TUNNEL_REFUSED):
-        status = text.removeprefix(_TUNNEL_REFUSED)
-        return ExchangeError(f"proxy {proxy.url} refused the tunnel to {_authority(origin)}: {status}", code=PROXY)
+        return _proxy_refusal(proxy, f"the tunnel to {_authority(origin)}", text.removeprefix(_TUNNEL_REFUSED))
     if isinstance(error, ssl.SSLError):
         return ExchangeError(f"TLS handshake with {where}: {error.strerror or error}", code=CONNECTION)
     reason = (error.strerror if isinstance(error, OSError) else None) or text or type(error).__name__
     return ExchangeError(f"cannot connect to {where}: {reason}", code=CONNECTION)
+
+
+def _proxy_refusal(proxy: ProxyServer, what: str, status: str) -> ExchangeError:
+    """The proxy answered ``status`` (such as ``407 Proxy Authentication Required``) to ``what``.
+
+    A 407 is ``proxy_auth`` (the credentials are missing or wrong), any other refusal ``proxy``.
+    The proxy is named by its URL, never with its password.
+    """
+    text = f"proxy {proxy.url} refused {what}: {status}".rstrip()
+    if status.partition(" ")[0] != str(_PROXY_AUTHENTICATION_REQUIRED):
+        return ExchangeError(text, code=PROXY)
+    if proxy.username is None:
+        return ExchangeError(f"{text} (it wants credentials: give user:password in the proxy URL)", code=PROXY_AUTH)
+    return ExchangeError(f"{text} (it refused the credentials of user {proxy.username!r})", code=PROXY_AUTH)
 
 
 def _still_open(connection: http.client.HTTPConnection) -> bool:

@@ -263,14 +263,14 @@ class _RemoteSession:
 
 def bench_summarizer(model: Path, manifest: Manifest, calls: int, rounds: int) -> dict[str, Any]:
     """``Summarizer.observe_row`` of one answer (and ``observe``) vs the bare one-row ``session.run`` it summarizes."""
-    from modelfleet.agent._contract import layout_of, read_scores  # noqa: PLC0415 - the Predictor's own helpers
+    from modelfleet.agent._contract import layout_of, score_reader  # noqa: PLC0415 - the Predictor's own helpers
 
     session = _session(model)
     layout = layout_of(manifest)
     x = np.random.default_rng(1).standard_normal((1, 256), dtype=np.float32)
     features = x  # a single float table input: the Predictor hands its array over as it is
     outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"x": x}), strict=True))
-    scores = read_scores(manifest.contract.head, outputs, 1)
+    scores = score_reader(manifest.contract.head)(outputs, 1)
     confidence, top1 = scores.confidence.item(), scores.top1.item()
 
     def infer() -> None:

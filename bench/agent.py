@@ -11,7 +11,10 @@
    default: a worker process, killed past the time bound) against a bare
    ``session.run`` in a child process one socket round trip away, the least any
    isolation in another process costs (``floor_vs_local_ratio``: that floor against
-   a local ``session.run``). Goal: both <= 1.05x.
+   a local ``session.run``). Where each process's session lands in memory moves it
+   a few percent from one start to the next, so three (worker, floor) pairs are
+   started afresh and the median pair is reported (``pair_ratios``: all three).
+   Goal: both <= 1.05x.
 2. ``summarizer``: the call the Predictor makes for a one-row answer,
    ``Summarizer.observe_row`` with the model's float32 input row (256 features) and
    plain numbers, each call right after an inference (so with the caches an
@@ -191,15 +194,24 @@ def bench_predictor(model: Path, manifest: Manifest, calls: int, rounds: int) ->
         result["inline"]["another_session_ratio"] = placement["ratio"]
         _require(sum(s.n for s in predictor.flush(final=True)) > 0, "telemetry counted nothing")
     config = RuntimeConfig(timeout_s=10.0, telemetry=True, isolation="process")
-    with Predictor(manifest, model, config=config) as predictor, _RemoteSession(model) as remote:
-        _require(not predictor.predict(feeds).fallback, "the process predictor fell back")
-        result["process"] = _interleaved(lambda: predictor.predict(feeds), lambda: remote.run(feeds), calls, rounds)
-        local = _interleaved(lambda: remote.run(feeds), lambda: other.run(None, feeds), calls, rounds)
-        result["process"]["floor_vs_local_ratio"] = local["ratio"]
-        _require(sum(s.n for s in predictor.flush(final=True)) > 0, "telemetry counted nothing")
+    pairs, local = [], {}
+    for pair in range(_PROCESS_PAIRS):
+        with Predictor(manifest, model, config=config) as predictor, _RemoteSession(model) as remote:
+            _require(not predictor.predict(feeds).fallback, "the process predictor fell back")
+            pairs.append(_interleaved(lambda: predictor.predict(feeds), lambda: remote.run(feeds), calls, rounds))
+            if pair == 0:
+                local = _interleaved(lambda: remote.run(feeds), lambda: other.run(None, feeds), calls, rounds)
+            _require(sum(s.n for s in predictor.flush(final=True)) > 0, "telemetry counted nothing")
+    result["process"] = sorted(pairs, key=lambda measured: measured["ratio"])[len(pairs) // 2] | {
+        "pair_ratios": [measured["ratio"] for measured in pairs],
+        "floor_vs_local_ratio": local["ratio"],
+    }
     result["ratio"] = result["inline"]["ratio"]
     result["met"] = max(result["inline"]["ratio"], result["process"]["ratio"]) <= GOALS["predictor_ratio"]
     return result
+
+
+_PROCESS_PAIRS = 3  # worker and floor started afresh: where a process's session lands moves it a few percent
 
 
 def _own_session(predictor: Predictor) -> ort.InferenceSession:
@@ -630,7 +642,8 @@ def main(argv: list[str] | None = None) -> int:
         _line(
             "predictor",
             f"process {process['ours_ms']:.3f} ms vs bare session.run in a child process "
-            f"{process['baseline_ms']:.3f} ms (1 row): ours/bare {process['ratio']:.3f}x (goal <= 1.05x; "
+            f"{process['baseline_ms']:.3f} ms (1 row): ours/bare {process['ratio']:.3f}x (goal <= 1.05x; the median "
+            f"of {len(process['pair_ratios'])} fresh pairs: {', '.join(f'{r:.3f}' for r in process['pair_ratios'])}; "
             f"that floor is {process['floor_vs_local_ratio']:.3f}x a local session.run)",
             process["ratio"] <= GOALS["predictor_ratio"],
         )

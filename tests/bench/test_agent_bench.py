@@ -68,6 +68,9 @@ def test_quick_run_reports_every_figure_against_its_baseline(tmp_path):
         assert run["baseline_ms"] > 0
     assert report["predictor"]["inline"]["another_session_ratio"] > 0  # the spread of session placement
     assert report["predictor"]["process"]["floor_vs_local_ratio"] > 0  # what the process floor itself costs
+    process = report["predictor"]["process"]
+    assert len(process["pair_ratios"]) == 3  # three fresh (worker, floor) pairs, the median reported
+    assert process["ratio"] == sorted(process["pair_ratios"])[1]
     summarizer = report["summarizer"]
     assert summarizer["drains"] > 0  # the block binning was timed, apart from the copies
     assert {"per_inference_us", "amortized_us", "copy_us", "drain_us", "mean_us"} <= set(summarizer["observe"])

@@ -13,7 +13,16 @@ from modelfleet.errors import BadDataError
 from modelfleet.sim import load_scenario, parse_scenario, scenario_names
 
 PYPROJECT = Path(__file__).parents[2] / "pyproject.toml"
-SHIPPED = ["ab-test", "aging-sensors", "demo", "flaky-fleet", "good-update", "shadow-test", "silent-regression"]
+SHIPPED = [
+    "ab-test",
+    "aging-sensors",
+    "demo",
+    "flaky-fleet",
+    "good-update",
+    "shadow-test",
+    "silent-regression",
+    "time-slice-test",
+]
 MINIMAL = {"name": "tiny", "models": {"1.0.0": {}}, "timeline": [{"at": "0m", "push": "1.0.0", "pin": True}]}
 
 

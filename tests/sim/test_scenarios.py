@@ -6,16 +6,22 @@ stored by the server exactly once.
 """
 
 import json
+import math
 import subprocess
 import sys
+from collections import defaultdict
+from datetime import UTC
 
 import pytest
+from sqlalchemy import select
 
 from modelfleet.sim import load_scenario, run_scenario
+from modelfleet.store import SummaryRow
 
 pytestmark = pytest.mark.slow
 
 DEVICES = 100
+ABBA, BAAB = ["1.0.0", "2.0.0", "2.0.0", "1.0.0"], ["2.0.0", "1.0.0", "1.0.0", "2.0.0"]
 
 
 @pytest.fixture
@@ -97,6 +103,45 @@ def test_a_shadow_test_names_the_better_candidate_without_it_answering(tmp_path)
     assert 0 < analysis["shadow"]["agreement"]["estimate"] < 1
     (accuracy,) = [lift for lift in analysis["lifts"] if lift["metric"] == "accuracy"]
     assert accuracy["lower"] > 0, "the field-trained candidate is more accurate on aged sensors"
+
+
+def answers_by_device(fleet):
+    """Per device, the version that answered each time-slice window by its slot (the summaries the server stored)."""
+    s = SummaryRow
+    query = select(s.device_id, s.version, s.window_start).where(s.role == "time_slice", s.n > 0)
+    answered = defaultdict(dict)
+    with fleet.server.engine.connect() as connection:
+        for device_id, version, start in connection.execute(query):
+            slot = int(start.replace(tzinfo=UTC).timestamp()) // fleet.window
+            assert slot not in answered[device_id], f"{device_id}: one version per window"
+            answered[device_id][slot] = version
+    return answered
+
+
+def test_a_time_slice_test_names_the_better_candidate_with_both_versions_answering_on_every_device(tmp_path):
+    outcome, fleet = run_scenario(load_scenario("time-slice-test"), 20, tmp_path)
+    fleet.close()
+    answered = answers_by_device(fleet)
+    fleet.stop_server()
+    assert outcome.ok, outcome.expectations
+    assert outcome.summaries_sent == outcome.summaries_stored > 0
+    assert all(r.running == {"1.0.0": 20} for r in outcome.rounds), "the candidate answers but never becomes current"
+    assert len(answered) == 20
+    for device_id, slots in answered.items():
+        first = math.ceil(min(slots) / 4) * 4  # the device's first whole block of four windows
+        block = [slots.get(slot) for slot in range(first, first + 4)]
+        assert block in (ABBA, BAAB), f"{device_id} runs its order, then the order reversed: {block}"
+    analysis = outcome.experiments["2.0.0"]["analysis"]
+    assert analysis["time_slice"] == {"slot_seconds": outcome.window_s, "slots_per_device": 4}
+    assert analysis["devices"] == [20], "every device's windows of both versions entered its own comparison"
+    (accuracy,) = [lift for lift in analysis["lifts"] if lift["metric"] == "accuracy"]
+    assert accuracy["devices"] == 20
+    assert accuracy["lower"] > 0, "the field-trained candidate is more accurate on aged sensors"
+    sliced = [r.versions for r in outcome.rounds if len(r.versions) == 2]
+    true = {
+        v: sum(r[v].true_accuracy * r[v].n for r in sliced) / sum(r[v].n for r in sliced) for v in ("1.0.0", "2.0.0")
+    }
+    assert true["2.0.0"] > true["1.0.0"], "the devices' ground truth agrees"
 
 
 def test_modelfleet_sim_runs_the_good_update_and_prints_json(tmp_path):

@@ -22,7 +22,7 @@ import onnxruntime as ort
 
 from modelfleet.agent._runtime import Array, OnnxRuntime, RuntimeConfig, RuntimeFactory
 from modelfleet.agent._scores import ScoreReader
-from modelfleet.agent._worker import EventSink, Outcome
+from modelfleet.agent._worker import EventSink, Outcome, read_outcome
 from modelfleet.errors import ConfigError, IncompatibleError
 
 __all__ = ["InlineWorker"]
@@ -139,12 +139,7 @@ class InlineWorker:
             return Outcome(None, "error", f"{type(exc).__name__}: {exc}")
         finally:
             self._watchdog.end(options)
-        if self._reader is None:
-            return Outcome(outputs)
-        try:
-            return Outcome(outputs, None, "", self._reader.row(outputs, len(next(iter(inputs.values())))))
-        except ValueError as exc:  # an answer the contract refuses
-            return Outcome(None, "error", str(exc))
+        return read_outcome(outputs, inputs, self._reader)
 
     def wait_ready(self, timeout_s: float) -> bool:  # noqa: ARG002 - the same signature as InferenceWorker
         """Always ready once constructed (until closed)."""

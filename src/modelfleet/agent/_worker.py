@@ -47,13 +47,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, cast
+from typing import Literal, NamedTuple
 
 from modelfleet.agent._runtime import Array, OnnxRuntime, Runtime, RuntimeConfig, RuntimeFactory
 from modelfleet.agent._scores import ScoreReader
 from modelfleet.errors import IncompatibleError
 
-__all__ = ["FailureKind", "InferenceWorker", "Outcome", "WorkerEventKind", "main", "serve"]
+__all__ = ["FailureKind", "InferenceWorker", "Outcome", "WorkerEventKind", "main", "read_outcome", "serve"]
 
 logger = logging.getLogger(__name__)
 
@@ -208,8 +208,8 @@ class _Child:
             return False
         return True
 
-    def answer(self, number: int, deadline: float) -> tuple[str, Any] | None:
-        """The answer to request ``number`` (status and payload) if it comes before ``deadline``, else ``None``.
+    def answer(self, number: int, deadline: float) -> Outcome | None:
+        """The outcome of request ``number`` if it comes before ``deadline``, else ``None``.
 
         Answers to earlier requests are skipped.
 
@@ -219,9 +219,9 @@ class _Child:
         while (remaining := deadline - time.monotonic()) > 0:
             if not self._poll.poll(math.ceil(remaining * 1000)):
                 continue
-            answer, status, payload = self.connection.recv()
+            answer, *fields = self.connection.recv()  # a plain tuple on the wire: no class to look up
             if answer == number:
-                return status, payload
+                return Outcome(*fields)
         return None
 
     def kill(self) -> int | None:
@@ -402,7 +402,7 @@ class InferenceWorker:
             detail = "the worker died during the inference"
             return Outcome(None, "crashed", detail), _Recovery(detail)
         if answer is not None:
-            return _answered(*answer), None
+            return answer, None
         reason = f"an inference ran longer than {bound} s"
         if time.monotonic() < until:  # the caller spent part of its bound in line: the run may still end in its own
             detail = f"no answer within {bound} s, part of it spent waiting for the worker"
@@ -538,12 +538,17 @@ class InferenceWorker:
         return child.kill()
 
 
-def _answered(status: str, payload: object) -> Outcome:
-    """The outcome of an answer from the worker: ``ok`` with the outputs (and a one-row answer), or ``error``."""
-    if status == "ok":
-        outputs, row = cast("tuple[dict[str, Array], tuple[float, int] | None]", payload)
-        return Outcome(outputs, None, "", row)
-    return Outcome(None, "error", str(payload))
+def read_outcome(outputs: dict[str, Array], inputs: Mapping[str, Array], reader: ScoreReader | None) -> Outcome:
+    """The outcome of a run that returned ``outputs``: with its one-row answer when ``reader`` reads one.
+
+    An answer the reader refuses (wrong shape, NaN or infinite scores) is an ``error`` outcome.
+    """
+    if reader is None:
+        return Outcome(outputs)
+    try:
+        return Outcome(outputs, None, "", reader.row(outputs, len(next(iter(inputs.values())))))
+    except ValueError as exc:
+        return Outcome(None, "error", str(exc))
 
 
 def _gone(child: _Child | None) -> str:
@@ -588,23 +593,19 @@ def serve(
     try:
         while (message := _receive(connection)) is not None:
             number, inputs = message
-            connection.send_bytes(pickle.dumps((number, *_answer(engine, reader, inputs)), pickle.HIGHEST_PROTOCOL))
+            outcome = _answer(engine, reader, inputs)
+            connection.send_bytes(pickle.dumps((number, *outcome), pickle.HIGHEST_PROTOCOL))
     finally:
         engine.close()
 
 
-def _answer(engine: Runtime, reader: ScoreReader | None, inputs: Mapping[str, Array]) -> tuple[str, object]:
-    """``ok`` and the outputs with a one-row answer's plain scores, or ``error`` and why."""
+def _answer(engine: Runtime, reader: ScoreReader | None, inputs: Mapping[str, Array]) -> Outcome:
+    """Run the model once and read its answer; the runtime's error goes back to the caller as text."""
     try:
         outputs = engine.run(inputs)
-    except Exception as exc:  # noqa: BLE001 - the runtime's error goes back to the caller as text
-        return "error", f"{type(exc).__name__}: {exc}"
-    if reader is None:
-        return "ok", (outputs, None)
-    try:
-        return "ok", (outputs, reader.row(outputs, len(next(iter(inputs.values())))))
-    except ValueError as exc:  # an answer the contract refuses: the caller gets an error outcome
-        return "error", str(exc)
+    except Exception as exc:  # noqa: BLE001 - any runtime failure is an outcome, never an exception
+        return Outcome(None, "error", f"{type(exc).__name__}: {exc}")
+    return read_outcome(outputs, inputs, reader)
 
 
 def _receive(connection: Connection) -> tuple[int, Mapping[str, Array]] | None:
